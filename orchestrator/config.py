@@ -1,0 +1,164 @@
+"""Frozen configuration: ``TrialConfig`` (what a search varies) and ``RunSettings`` (where it runs).
+
+A trial's hyperparameters arrive as a plain dict (Ray's ``config``, a YAML file) and are turned
+into a ``TrialConfig`` exactly once, by ``TrialConfig.from_dict``: an unknown key or a value out of
+range is a ``ConfigError`` naming it, never a silent default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.errors import ConfigError, did_you_mean
+
+LOSSES = ("bce", "wgan", "wgan-gp", "hinge", "lsgan")
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+D_NORMS = ("batch", "spectral", "none")
+RESOLUTIONS = (32, 64)
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything a search may vary about one GAN trial. Defaults are DCGAN's (Radford et al. 2016)."""
+
+    nz: int = 100  # latent size
+    ngf: int = 64  # generator base width
+    ndf: int = 64  # discriminator base width
+    d_norm: str = "batch"
+    leaky_slope: float = 0.2
+    d_dropout: float = 0.0
+    loss: str = "bce"
+    label_smoothing: float = 0.0  # one-sided: real targets become 1 - label_smoothing (bce only)
+    clip_value: float = 0.01  # wgan weight clipping
+    gp_weight: float = 10.0  # wgan-gp gradient penalty
+    optimizer: str = "adam"
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    momentum: float = 0.0  # sgd / rmsprop
+    n_critic: int = 1  # discriminator steps per generator step
+    batch_size: int = 64
+    ema_decay: float = 0.0  # 0 disables the EMA generator
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "trial config") -> TrialConfig:
+        """Build and validate; ``source`` names where the values came from in error messages."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in names:
+                raise ConfigError(f"{source}: unknown key {key!r}{did_you_mean(key, names)}")
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name in values:
+                kwargs[f.name] = _coerce(values[f.name], f.type, f"{source}: {f.name}")
+        config = cls(**kwargs)
+        config.validate(source)
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> TrialConfig:
+        return cls.from_dict(load_yaml_mapping(path), source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self, source: str = "trial config") -> None:
+        def need(ok: bool, key: str, rule: str) -> None:
+            if not ok:
+                raise ConfigError(f"{source}: {key}={getattr(self, key)!r} must be {rule}")
+
+        for key, choices in (("loss", LOSSES), ("optimizer", OPTIMIZERS), ("d_norm", D_NORMS)):
+            value = getattr(self, key)
+            if value not in choices:
+                raise ConfigError(
+                    f"{source}: {key}={value!r} is not one of {', '.join(choices)}"
+                    f"{did_you_mean(str(value), choices)}"
+                )
+        for key in ("nz", "ngf", "ndf", "n_critic"):
+            need(1 <= getattr(self, key) <= 4096, key, "an integer in [1, 4096]")
+        need(1 <= self.batch_size <= 65536, "batch_size", "an integer in [1, 65536]")
+        for key in ("lr_g", "lr_d"):
+            need(0 < getattr(self, key) <= 10, key, "in (0, 10]")
+        for key in ("beta1", "beta2", "momentum", "d_dropout", "ema_decay"):
+            need(0 <= getattr(self, key) < 1, key, "in [0, 1)")
+        need(0 <= self.leaky_slope < 1, "leaky_slope", "in [0, 1)")
+        need(0 <= self.label_smoothing < 0.5, "label_smoothing", "in [0, 0.5)")
+        need(0 < self.clip_value <= 10, "clip_value", "in (0, 10]")
+        need(0 <= self.gp_weight <= 1000, "gp_weight", "in [0, 1000]")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Where and how a trial runs: never searched, the same for every trial of a search."""
+
+    dataset: str = "shapes"
+    resolution: int = 32
+    data_root: Path | None = None
+    cache_dir: Path = field(default_factory=lambda: default_cache_dir())
+    download: bool = False
+    classes: tuple[str, ...] | None = None
+    max_images: int | None = None  # use at most this many training images
+    eval_every: int = 500  # generator steps between evaluations
+    fid_n: int = 5000  # generated (and real) images per FID
+    eval_seed: int = 12345  # fixes the latents of every FID and every image grid
+    seed: int = 0  # fixes weights and data order
+    device: str = "auto"  # "auto" picks cuda when present
+
+    def __post_init__(self) -> None:
+        if self.resolution not in RESOLUTIONS:
+            raise ConfigError(f"resolution {self.resolution} is not supported: use 32 or 64")
+        if self.fid_n < 2:
+            raise ConfigError(f"fid_n={self.fid_n} must be at least 2")
+        if self.eval_every < 1:
+            raise ConfigError(f"eval_every={self.eval_every} must be at least 1")
+
+
+def default_cache_dir() -> Path:
+    """``$ORCHESTRATOR_CACHE`` or ``~/.cache/orchestrator``: decoded datasets and FID statistics."""
+    import os
+
+    return Path(os.environ.get("ORCHESTRATOR_CACHE", Path.home() / ".cache" / "orchestrator"))
+
+
+def load_yaml_mapping(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Accept YAML's and Optuna's spellings (1e-4 as str, 64.0 as float) of the declared type."""
+    kind = {"int": int, "float": float, "str": str}[str(annotation)]
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}={value!r} must be a string")
+        return value
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}={value!r} must be a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}={value!r} must be a number") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}={value!r} must be finite")
+    if kind is int:
+        if number != int(number):
+            raise ConfigError(f"{where}={value!r} must be an integer")
+        return int(number)
+    return number

@@ -1,0 +1,47 @@
+"""A small typed hierarchy of the errors a user can cause and fix.
+
+Every ``OrchestratorError`` is a problem with the user's input or environment: the command-line
+entry points print its message as one line and exit with status 2, before any work starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class OrchestratorError(Exception):
+    """Base class: a problem the user can fix; printed as one line, exit status 2."""
+
+    exit_code = 2
+
+
+class ConfigError(OrchestratorError):
+    """A trial config or a run setting is unknown or out of range."""
+
+
+class DataError(OrchestratorError):
+    """A dataset is unknown, missing, or unreadable."""
+
+
+class SearchSpaceError(OrchestratorError):
+    """A search-space file is malformed."""
+
+
+class WeightsError(OrchestratorError):
+    """Model weights (the FID Inception network) cannot be found or loaded."""
+
+
+class TrainingDiverged(Exception):
+    """A loss turned NaN or inf; the trial is dead, not the user's input."""
+
+    def __init__(self, what: str, step: int) -> None:
+        super().__init__(f"{what} is not finite at step {step}")
+        self.what = what
+        self.step = step
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest choice, or '' when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,250 @@
+"""The GAN training step: plain PyTorch, no Ray, usable in a notebook.
+
+``build_state`` makes the nets and optimisers from a TrialConfig; ``train_step`` does ``n_critic``
+discriminator steps and one generator step. On CUDA it runs in bf16 autocast with channels_last
+tensors and fused optimisers; on the CPU in fp32, seeded and deterministic.
+
+``python -m orchestrator.train DATASET`` trains one trial without Ray (see ``orchestrator.trial``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from orchestrator.config import TrialConfig
+from orchestrator.errors import TrainingDiverged
+from orchestrator.losses import LOSSES, gradient_penalty
+from orchestrator.models import Discriminator, Generator, build_models
+
+
+class ImageSource(Protocol):
+    def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class StepStats:
+    d_loss: float  # of the last discriminator step, gradient penalty included
+    g_loss: float
+    d_real: float  # D's mean output on real images: a probability for bce, a raw score otherwise
+    d_fake: float  # the same on generated images, before the generator step
+    d_grad_norm: float
+    g_grad_norm: float
+
+
+@dataclass
+class GANState:
+    config: TrialConfig
+    generator: Generator
+    discriminator: Discriminator
+    ema: Generator | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    rng: torch.Generator  # drives latents, data order and interpolates; lives on `device`
+    device: torch.device
+    channels: int
+    resolution: int
+    step: int = 0  # generator steps taken
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def eval_generator(self) -> Generator:
+        """The generator used for FID and image grids: the EMA copy when there is one."""
+        return self.ema if self.ema is not None else self.generator
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_state(
+    config: TrialConfig, channels: int, resolution: int, device: torch.device | str, seed: int
+) -> GANState:
+    device = torch.device(device)
+    # weight init draws from the global generator: seed it inside a fork so callers are unaffected
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        generator, discriminator = build_models(config, channels, resolution)
+    generator, discriminator = generator.to(device), discriminator.to(device)
+    if device.type == "cuda":
+        generator = generator.to(memory_format=torch.channels_last)
+        discriminator = discriminator.to(memory_format=torch.channels_last)
+    ema = None
+    if config.ema_decay > 0:
+        ema = build_models(config, channels, resolution)[0].to(device)
+        ema.load_state_dict(generator.state_dict())
+        ema.requires_grad_(False)
+    rng = torch.Generator(device=device)
+    rng.manual_seed(seed)
+    return GANState(
+        config=config,
+        generator=generator,
+        discriminator=discriminator,
+        ema=ema,
+        opt_g=make_optimizer(config, generator, config.lr_g, device),
+        opt_d=make_optimizer(config, discriminator, config.lr_d, device),
+        rng=rng,
+        device=device,
+        channels=channels,
+        resolution=resolution,
+    )
+
+
+def make_optimizer(
+    config: TrialConfig, net: nn.Module, lr: float, device: torch.device
+) -> torch.optim.Optimizer:
+    params = list(net.parameters())
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(config.beta1, config.beta2), **fused)
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=config.momentum, foreach=True)
+    return torch.optim.SGD(params, lr=lr, momentum=config.momentum, **fused)
+
+
+def latents(state: GANState, n: int) -> torch.Tensor:
+    return torch.randn(n, state.config.nz, device=state.device, generator=state.rng)
+
+
+def _autocast(state: GANState) -> contextlib.AbstractContextManager[Any]:
+    if state.cuda:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _prepare(state: GANState, images: torch.Tensor) -> torch.Tensor:
+    return images.contiguous(memory_format=torch.channels_last) if state.cuda else images
+
+
+def train_step(state: GANState, data: ImageSource) -> StepStats:
+    """``n_critic`` discriminator steps, then one generator step; raises TrainingDiverged on NaN/inf."""
+    cfg, loss = state.config, LOSSES[state.config.loss]
+    G, D = state.generator, state.discriminator
+    G.train()
+    D.train()
+    D.requires_grad_(True)
+    for _ in range(cfg.n_critic):
+        real = _prepare(state, data.sample(cfg.batch_size, state.rng))
+        with torch.no_grad(), _autocast(state):
+            fake = G(latents(state, cfg.batch_size))
+        with _autocast(state):
+            real_scores, fake_scores = D(real).float(), D(fake).float()
+            d_loss = loss.d_loss(real_scores, fake_scores, cfg.label_smoothing)
+        if loss.gradient_penalty:
+            # in fp32: the double backward of a bf16 penalty is too coarse to hold ||grad|| near 1
+            d_loss = d_loss + cfg.gp_weight * gradient_penalty(D, real, fake.float(), state.rng)
+        state.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        d_norm = _grad_norm(D)
+        state.opt_d.step()
+        if loss.clip_weights:
+            with torch.no_grad():
+                for p in D.parameters():
+                    p.clamp_(-cfg.clip_value, cfg.clip_value)
+
+    D.requires_grad_(False)  # the generator step needs no discriminator weight gradients
+    with _autocast(state):
+        g_loss = loss.g_loss(D(G(latents(state, cfg.batch_size))).float())
+    state.opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    g_norm = _grad_norm(G)
+    state.opt_g.step()
+    D.requires_grad_(True)
+    _update_ema(state)
+    state.step += 1
+
+    to_prob = torch.sigmoid if loss.probabilities else (lambda t: t)
+    values = torch.stack(
+        [d_loss.detach(), g_loss.detach(), to_prob(real_scores.detach()).mean(),
+         to_prob(fake_scores.detach()).mean(), d_norm, g_norm]
+    ).tolist()  # one device sync per step, for all six numbers
+    stats = StepStats(*values)
+    for name in ("d_loss", "g_loss"):
+        if not math.isfinite(getattr(stats, name)):
+            raise TrainingDiverged(name, state.step)
+    return stats
+
+
+def _grad_norm(net: nn.Module) -> torch.Tensor:
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+@torch.no_grad()
+def _update_ema(state: GANState) -> None:
+    if state.ema is None:
+        return
+    weight = 1.0 - state.config.ema_decay
+    for e, p in zip(state.ema.parameters(), state.generator.parameters(), strict=True):
+        e.lerp_(p, weight)
+    for e, b in zip(state.ema.buffers(), state.generator.buffers(), strict=True):
+        e.copy_(b)
+
+
+@torch.no_grad()
+def generate(state: GANState, z: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] from latents, with the evaluation generator in eval mode (running BN stats,
+    so a sample does not depend on what else is in its batch)."""
+    net = state.eval_generator
+    was_training = net.training
+    net.eval()
+    try:
+        with _autocast(state):
+            return net(z.to(state.device)).float()
+    finally:
+        net.train(was_training)
+
+
+def fixed_latents(nz: int, n: int, seed: int) -> torch.Tensor:
+    """The same latents for every evaluation and every trial of a search (CPU, seeded)."""
+    return torch.randn(n, nz, generator=torch.Generator().manual_seed(seed))
+
+
+def state_dict(state: GANState) -> dict[str, Any]:
+    """Everything needed to resume bit-for-bit: nets, EMA, optimisers, step and RNG states."""
+    return {
+        "config": state.config.to_dict(),
+        "channels": state.channels,
+        "resolution": state.resolution,
+        "step": state.step,
+        "generator": state.generator.state_dict(),
+        "discriminator": state.discriminator.state_dict(),
+        "ema": state.ema.state_dict() if state.ema is not None else None,
+        "opt_g": state.opt_g.state_dict(),
+        "opt_d": state.opt_d.state_dict(),
+        "rng": state.rng.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if state.cuda else None,
+    }
+
+
+def load_state_dict(state: GANState, saved: dict[str, Any]) -> None:
+    state.generator.load_state_dict(saved["generator"])
+    state.discriminator.load_state_dict(saved["discriminator"])
+    if state.ema is not None and saved["ema"] is not None:
+        state.ema.load_state_dict(saved["ema"])
+    state.opt_g.load_state_dict(saved["opt_g"])
+    state.opt_d.load_state_dict(saved["opt_d"])
+    state.rng.set_state(saved["rng"])
+    torch.set_rng_state(saved["torch_rng"])
+    if state.cuda and saved.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    state.step = saved["step"]
+
+
+if __name__ == "__main__":
+    import sys
+
+    from orchestrator.train_cli import cli_main
+
+    sys.exit(cli_main())
