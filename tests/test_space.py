@@ -1,0 +1,369 @@
+"""Search spaces: every shipped file loads and samples valid TrialConfigs; every mistake in a file
+is one SearchSpaceError line naming the file, the key and the value; start points come first."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+
+from orchestrator.config import TrialConfig
+from orchestrator.errors import SearchSpaceError
+from orchestrator.space import (
+    SPACES_DIR,
+    Param,
+    SearchSpace,
+    describe,
+    load_space,
+    make_sampler,
+    make_searcher,
+    space_path,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SPACE_FILES = sorted(SPACES_DIR.glob("*.yaml"))
+FIELDS = {f.name for f in dataclasses.fields(TrialConfig)}
+DATASETS = ("shapes", "mnist", "fashion-mnist", "cifar10", "food101")
+
+
+def _active_keys(params: Sequence[Param], values: Mapping[str, Any]) -> set[str]:
+    """The keys a sample must hold, worked out independently of orchestrator.space."""
+    keys = set()
+    for param in params:
+        keys.add(param.name)
+        keys |= _active_keys(param.when.get(values.get(param.name), ()), values)
+    return keys
+
+
+def _all_params(params: Sequence[Param]) -> list[Param]:
+    out = []
+    for param in params:
+        out.append(param)
+        for branch in param.when.values():
+            out += _all_params(branch)
+    return out
+
+
+def _objective(params: Mapping[str, Any]) -> float:
+    """A deterministic fake FID, so TPE's model (not only its random start-up) gets exercised."""
+    return abs(math.log10(params["lr_g"]) + 3.7) + (0.5 if params.get("loss") == "bce" else 0.0)
+
+
+def _sample(space: SearchSpace, n: int, seed: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(sampled params, returned constants) for n trials of a study with the searcher's sampler."""
+    study = optuna.create_study(sampler=make_sampler(space, seed))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        constants = space.define_by_run(trial)
+        study.tell(trial, _objective(trial.params))
+        out.append((dict(trial.params), constants))
+    return out
+
+
+# --- the shipped files ----------------------------------------------------------------------
+
+
+def test_every_dataset_has_a_space() -> None:
+    assert {p.stem for p in SPACE_FILES} >= set(DATASETS)
+    for dataset in DATASETS:
+        assert space_path(dataset) == SPACES_DIR / f"{dataset}.yaml"
+
+
+@pytest.mark.parametrize("path", SPACE_FILES, ids=lambda p: p.stem)
+def test_space_file_keys_are_trial_config_fields(path: Path) -> None:
+    space = load_space(path)
+    assert set(space.fixed) <= FIELDS
+    assert set(space.sampled_keys()) <= FIELDS
+    assert not set(space.fixed) & set(space.sampled_keys())
+    assert space.start, "every shipped space starts from a known-good setting"
+    assert space.budget.grace_period <= space.budget.max_evals
+    assert space.resolution == (64 if path.stem == "food101" else 32)
+
+
+@pytest.mark.parametrize("path", SPACE_FILES, ids=lambda p: p.stem)
+def test_samples_build_trial_configs_with_branch_keys_only(path: Path) -> None:
+    space = load_space(path)
+    for params, constants in _sample(space, n=100, seed=0):
+        assert constants == dict(space.fixed)
+        assert set(params) == _active_keys(space.params, params)
+        config = space.trial_config({**params, **constants})
+        for key, value in {**params, **constants}.items():
+            assert getattr(config, key) == value
+        if "loss" in params:
+            assert ("gp_weight" in params) == (params["loss"] == "wgan-gp")
+            assert ("label_smoothing" in params) == (params["loss"] == "bce")
+            assert ("clip_value" in params) == (params["loss"] == "wgan")
+        if "optimizer" in params:
+            assert ("beta1" in params) == (params["optimizer"] == "adam")
+
+
+@pytest.mark.parametrize("path", SPACE_FILES, ids=lambda p: p.stem)
+def test_learning_rates_are_log_scale(path: Path) -> None:
+    space = load_space(path)
+    lrs = [p for p in _all_params(space.params) if p.name.startswith("lr_")]
+    assert {p.name for p in lrs} == {"lr_g", "lr_d"}
+    for param in lrs:
+        assert isinstance(param.distribution, optuna.distributions.FloatDistribution)
+        assert param.distribution.log
+
+
+def test_learning_rates_are_sampled_log_uniformly() -> None:
+    """On [1e-5, 1e-3] half the draws fall below 1e-4 on a log scale; about 9 % on a linear one."""
+    space = load_space(space_path("shapes"))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    draws = []
+    for _ in range(300):
+        trial = study.ask()
+        space.define_by_run(trial)
+        draws.append(trial.params["lr_g"])
+    below = sum(d < 1e-4 for d in draws) / len(draws)
+    assert 0.4 < below < 0.6
+
+
+def test_same_seed_same_samples() -> None:
+    space = load_space(space_path("shapes"))
+    first, again = _sample(space, n=20, seed=7), _sample(space, n=20, seed=7)
+    assert first == again
+    assert _sample(space, n=20, seed=8) != first
+
+
+def test_describe_names_every_key() -> None:
+    space = load_space(space_path("cifar10"))
+    text = describe(space)
+    for key in [*space.sampled_keys(), *space.fixed]:
+        assert key in text
+    assert "5000" in text and "when loss=wgan-gp" in text and "2." in text
+
+
+# --- the searcher ---------------------------------------------------------------------------
+
+
+def test_start_points_are_the_first_suggestions() -> None:
+    space = load_space(space_path("cifar10"))
+    assert len(space.start) == 2
+    searcher = make_searcher(space, metric="fid5k", mode="min", seed=0)
+    for i, start in enumerate(space.start):
+        config = searcher.suggest(f"t{i}")
+        assert config is not None and config == {**start, **space.fixed}
+        space.trial_config(config)  # a complete, valid trial
+    later = searcher.suggest("t2")
+    assert later is not None and later not in [{**s, **space.fixed} for s in space.start]
+    assert set(later) == _active_keys(space.params, later) | set(space.fixed)
+
+
+def test_storage_keeps_the_study_and_enqueues_start_points_once(tmp_path: Path) -> None:
+    space = load_space(space_path("shapes"))
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    make_searcher(space, "fid2k", "min", seed=0, storage=url, study_name="shapes-run")
+    make_searcher(space, "fid2k", "min", seed=0, storage=url, study_name="shapes-run")
+    study = optuna.load_study(study_name="shapes-run", storage=url)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(waiting) == len(space.start)
+
+
+def test_trial_config_drops_inactive_branches_and_rejects_gaps() -> None:
+    space = load_space(space_path("shapes"))
+    start = dict(space.start[0])
+    config = space.trial_config({**start, "gp_weight": 3.0, "n_critic": 4})
+    assert config.gp_weight == TrialConfig().gp_weight and config.n_critic == 1
+    del start["lr_g"]
+    with pytest.raises(SearchSpaceError, match="lacks active keys \\['lr_g'\\]"):
+        space.trial_config(start)
+    with pytest.raises(SearchSpaceError, match="unknown key 'lr_gen'"):
+        space.trial_config({**space.start[0], "lr_gen": 1e-4})
+    with pytest.raises(SearchSpaceError, match="fixed"):
+        space.trial_config({**space.start[0], "batch_size": 8})
+
+
+def test_space_path_errors(tmp_path: Path) -> None:
+    with pytest.raises(SearchSpaceError, match=r"mnits\.yaml.*did you mean 'mnist'.*available: "):
+        space_path("mnits")
+    with pytest.raises(SearchSpaceError, match="--space"):
+        space_path("folder:/data/faces")
+    own = tmp_path / "faces.yaml"
+    own.write_text("resolution: 64\n")
+    assert space_path("folder:/data/faces", override=own) == own
+    with pytest.raises(SearchSpaceError, match=r"nope\.yaml"):
+        space_path("shapes", override=tmp_path / "nope.yaml")
+
+
+# --- validation: one line naming the file, the key and the value ----------------------------
+
+BASE: dict[str, Any] = {
+    "resolution": 32,
+    "budget": {"eval_every": 10, "max_evals": 6, "grace_period": 2, "reduction_factor": 2, "fid_n": 100},
+    "fixed": {"batch_size": 16},
+    "params": {
+        "lr_g": {"loguniform": [1.0e-5, 1.0e-3]},
+        "ngf": {"choice": [32, 64]},
+        "loss": {
+            "choice": ["bce", "wgan", "wgan-gp"],
+            "when": {
+                "bce": {"label_smoothing": {"uniform": [0.0, 0.2]}},
+                "wgan": {"n_critic": {"int": [1, 5]}},
+                "wgan-gp": {"n_critic": {"int": [1, 5]}, "gp_weight": {"loguniform": [1.0, 20.0]}},
+            },
+        },
+    },
+    "start": [{"lr_g": 2.0e-4, "loss": "bce", "label_smoothing": 0.0}],
+}
+
+
+def _parent(doc: dict[str, Any], path: str) -> tuple[Any, Any]:
+    """The container of the slash-separated ``path`` and the last part; digits index lists."""
+    *parents, last = [int(p) if p.isdigit() else p for p in path.split("/")]
+    node: Any = doc
+    for part in parents:
+        node = node[part]
+    return node, last
+
+
+def _edit(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """Set ``path`` to ``value``; value=KeyError deletes it."""
+
+    def edit(doc: dict[str, Any]) -> None:
+        node, last = _parent(doc, path)
+        if value is KeyError:
+            del node[last]
+        else:
+            node[last] = value
+
+    return edit
+
+
+def _rename(path: str, new: str) -> Callable[[dict[str, Any]], None]:
+    def edit(doc: dict[str, Any]) -> None:
+        node, last = _parent(doc, path)
+        node[new] = node.pop(last)
+
+    return edit
+
+
+WHEN = "params/loss/when"
+BAD_FILES = [
+    # unknown keys, with did-you-mean
+    (_rename("budget", "budgte"), ["unknown key 'budgte'", "did you mean 'budget'"]),
+    (_rename("budget/grace_period", "grace_perod"), ["budget", "'grace_perod'", "'grace_period'"]),
+    (_rename("fixed/batch_size", "batchsize"), ["fixed", "'batchsize'", "'batch_size'"]),
+    (_rename("params/ngf", "ngff"), ["params.ngff", "'ngff'", "did you mean 'ngf'"]),
+    (_rename(f"{WHEN}/wgan/n_critic", "ncritic"), ["when.wgan.ncritic", "'n_critic'"]),
+    (_rename("params/lr_g/loguniform", "loguniorm"), ["params.lr_g", "did you mean 'loguniform'"]),
+    (_rename(f"{WHEN}/wgan-gp", "wgan_gp"), ["params.loss.when", "'wgan_gp'", "'wgan-gp'"]),
+    # ranges and distributions
+    (_edit("params/lr_g/loguniform", [1.0e-3, 1.0e-5]), ["params.lr_g.loguniform", "0.001"]),
+    (_edit(f"{WHEN}/bce/label_smoothing/uniform", [0.1, 0.1]), ["label_smoothing", "[0.1, 0.1]"]),
+    (_edit("params/lr_g/loguniform", [0.0, 1.0e-3]), ["params.lr_g", "[0.0, 0.001]", "> 0"]),
+    (_edit(f"{WHEN}/wgan/n_critic", {"int": [0, 5], "log": True}), ["n_critic", "[0, 5]"]),
+    (_edit(f"{WHEN}/wgan/n_critic", {"int": [1, 5], "step": 3}), ["n_critic.step", "3"]),
+    (_edit(f"{WHEN}/wgan/n_critic", {"int": [1.5, 5]}), ["n_critic.int", "[1.5, 5]"]),
+    (_edit("params/lr_g", {"uniform": [1.0e-5, 1.0e-3]}), ["params.lr_g.uniform", "loguniform"]),
+    (_edit("params/ngf", {"choice": []}), ["params.ngf.choice", "[]"]),
+    (_edit("params/ngf", {"uniform": [32, 64]}), ["params.ngf.uniform", "32", "integer"]),
+    (_edit("params/ngf", 64), ["params.ngf", "64", "fixed"]),
+    (_edit("params/ngf", {"choice": [32], "int": [1, 2]}), ["params.ngf", "exactly one"]),
+    (_edit("params/lr_g/step", 2), ["params.lr_g.step", "2", "loguniform"]),
+    (_edit(f"{WHEN}/bce/label_smoothing/uniform", [0.0, 0.6]), ["label_smoothing=0.6"]),
+    (_edit("params/loss/choice", ["bce", "wgan", "wgan-gp", "hnge"]), ["'hnge'", "'hinge'"]),
+    # a key in two places
+    (_edit("fixed/ngf", 64), ["params.ngf", "'ngf'", "both fixed (64)"]),
+    (
+        _edit("params/n_critic", {"int": [1, 5]}),
+        ["params.n_critic", "also sampled at params.loss.when.wgan.n_critic"],
+    ),
+    (_edit(f"{WHEN}/wgan-gp/n_critic", {"choice": [1, 5]}), ["when.wgan-gp.n_critic", "same kind"]),
+    # start points
+    (_rename("start/0/lr_g", "lr_gen"), ["start[0]", "'lr_gen'", "did you mean 'lr_g'"]),
+    (_edit("start/0/lr_g", 0.5), ["start[0].lr_g", "0.5", "loguniform"]),
+    (_edit("start/0/loss", "hinge"), ["start[0].loss", "'hinge'"]),
+    (_edit("start/0/batch_size", 32), ["start[0].batch_size", "32", "fixed"]),
+    (_edit("start/0/n_critic", 3), ["start[0].n_critic", "3", "loss: wgan"]),
+    (_edit("start/0/ngf", 48), ["start[0].ngf", "48", "choice 32 | 64"]),
+    (_edit("start", {"lr_g": 1e-4}), ["start", "expected a list"]),
+    # fixed values TrialConfig rejects
+    (_edit("fixed/batch_size", 0), ["fixed", "batch_size=0"]),
+    (_edit("fixed/d_norm", "batchnorm"), ["fixed", "'batchnorm'", "did you mean 'batch'"]),
+    # budget
+    (_edit("budget/grace_period", 10), ["budget.grace_period", "10", "max_evals 6"]),
+    (_edit("budget/reduction_factor", 1), ["budget.reduction_factor", "1", ">= 2"]),
+    (_edit("budget/fid_n", 1), ["budget.fid_n", "1", ">= 2"]),
+    (_edit("budget/eval_every", 0), ["budget.eval_every", "0"]),
+    (_edit("budget/max_evals", 2.5), ["budget.max_evals", "2.5"]),
+    (_edit("budget/fid_n", KeyError), ["budget", "missing key 'fid_n'"]),
+    # top level
+    (_edit("resolution", 48), ["resolution", "48", "32, 64"]),
+    (_edit("params", KeyError), ["missing required key 'params'"]),
+]
+
+
+@pytest.mark.parametrize(("edit", "fragments"), BAD_FILES, ids=[str(b[1]) for b in BAD_FILES])
+def test_bad_file_is_one_line_naming_file_key_and_value(
+    tmp_path: Path, edit: Callable[[dict[str, Any]], None], fragments: list[str]
+) -> None:
+    load_space(_write(tmp_path, BASE))  # the base itself is valid
+    doc = copy.deepcopy(BASE)
+    edit(doc)
+    _expect_error(_write(tmp_path, doc), fragments)
+
+
+BAD_TEXT = [
+    ("params: [1, 2\n", ["not valid YAML"]),
+    ("- resolution\n- budget\n", ["expected a mapping", "['resolution', 'budget']"]),
+    ("", ["an empty file"]),
+    (
+        "resolution: 32\nparams:\n  lr_g: {loguniform: [1.0e-5, 1.0e-3]}\n  lr_g: {loguniform: "
+        "[1.0e-4, 1.0e-2]}\n",
+        ["duplicate key 'lr_g'", "line 4"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "fragments"), BAD_TEXT, ids=[b[1][0] for b in BAD_TEXT])
+def test_bad_yaml(tmp_path: Path, text: str, fragments: list[str]) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    _expect_error(path, fragments)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    _expect_error(tmp_path / "absent.yaml", ["cannot read"])
+
+
+def test_branch_twins_and_nested_branches_are_allowed(tmp_path: Path) -> None:
+    doc = copy.deepcopy(BASE)
+    doc["params"]["optimizer"] = {
+        "choice": ["adam", "rmsprop"],
+        "when": {
+            "adam": {"beta1": {"choice": [0.0, 0.5], "when": {0.5: {"beta2": {"uniform": [0.9, 0.999]}}}}}
+        },
+    }
+    space = load_space(_write(tmp_path, doc))
+    seen = set()
+    for params, _ in _sample(space, n=40, seed=1):
+        assert ("beta2" in params) == (params.get("beta1") == 0.5)
+        seen.add(params["loss"])
+        space.trial_config(params)
+    assert seen == {"bce", "wgan", "wgan-gp"}
+
+
+def _write(tmp_path: Path, doc: Mapping[str, Any]) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def _expect_error(path: Path, fragments: list[str]) -> None:
+    with pytest.raises(SearchSpaceError) as info:
+        load_space(path)
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in [str(path), *fragments]:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
