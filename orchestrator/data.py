@@ -11,39 +11,37 @@ device and draws batches there, so training needs no DataLoader.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from tqdm import tqdm
 
 from orchestrator import shapes
+from orchestrator.datacache import (
+    FORMAT_VERSION,
+    Failure,
+    Listing,
+    decode,
+    decode_image,  # noqa: F401  (re-exported: part of this module's API)
+    read_cache,
+    write_cache,
+)
 from orchestrator.errors import DataError, did_you_mean
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump when decoding changes, so that old caches are never reused
 RESOLUTIONS = (32, 64)
 SPLITS = ("train", "test")
 FOLDER_PREFIX = "folder:"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 MAX_SKIPPED_FRACTION = 0.01
 _ORDER_SEED = 0  # fixes the shuffled order of which `limit` keeps a prefix
-_CHUNK = 256  # files per process-pool task
-_MIN_POOL_FILES = 2 * _CHUNK  # below this, starting worker processes costs more than it saves
-# what PIL raises for a truncated, garbage or hostile file (a broken PNG is a SyntaxError)
-_UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-_Failure = tuple[int, str, str]  # an unreadable file: its position, path and the reason
 # where each torchvision dataset lives under the data root
 _LOCATIONS = {
     "food101": "food-101",
@@ -123,19 +121,9 @@ def images_to_float(batch_uint8: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class _Listing:
-    """What a loader found, before decoding: files on disk or pixels already in memory."""
-
-    class_names: tuple[str, ...]
-    labels: np.ndarray  # int64 [N], indices into class_names
-    files: tuple[Path, ...] = ()  # decoded in a process pool
-    pixels: np.ndarray | None = None  # uint8 [N, C, H, W], resized in-process
-
-
-@dataclass(frozen=True)
 class _Source:
     identity: dict[str, Any]  # what the data depends on beyond the spec: part of the cache key
-    load: Callable[[], _Listing]  # the slow part, run only on a cache miss
+    load: Callable[[], Listing]  # the slow part, run only on a cache miss
 
 
 def validate(spec: DataSpec) -> None:
@@ -170,32 +158,15 @@ def prepare_dataset(spec: DataSpec, cache_dir: Path, progress: bool = True) -> C
     return cached
 
 
-def decode_image(path: str | Path, resolution: int) -> np.ndarray:
-    """One image file as RGB uint8 ``[R, R, 3]``: centre square crop, bicubic (antialiased) resize."""
-    with Image.open(path) as image:
-        # libjpeg decodes at 1/2..1/8 scale when the file is far larger than needed (3-4x faster);
-        # the resize below still filters down from at least twice the target resolution
-        image.draft("RGB", (2 * resolution, 2 * resolution))
-        return _crop_resize(image.convert("RGB"), resolution)
-
-
-def _crop_resize(image: Image.Image, resolution: int) -> np.ndarray:
-    w, h = image.size
-    side = min(w, h)
-    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-    size = (resolution, resolution)
-    return np.asarray(image.resize(size, Image.Resampling.BICUBIC, box=box))
-
-
 # --- the registry: each entry finds its data and fingerprints it; `load` does the slow part
 
 
 def _shapes(spec: DataSpec) -> _Source:
     count = shapes.DEFAULT_COUNTS[spec.split]
 
-    def load() -> _Listing:
+    def load() -> Listing:
         images, labels = shapes.draw_shapes(spec.split, spec.resolution, count)
-        return _Listing(shapes.SHAPE_CLASSES, labels, pixels=images)
+        return Listing(shapes.SHAPE_CLASSES, labels, pixels=images)
 
     return _Source({"generator": shapes.GENERATOR_VERSION, "count": count}, load)
 
@@ -211,11 +182,11 @@ def _food101(spec: DataSpec) -> _Source:
     except OSError as err:
         raise DataError(f"cannot read {meta}: {err.strerror}; {_fetch_hint(spec)}") from err
 
-    def load() -> _Listing:
+    def load() -> Listing:
         found = _open_torchvision(spec, lambda: Food101(root, spec.split))
         # the public __getitem__ decodes full-size in this process; the paths let a pool do it
         labels = np.asarray(found._labels, np.int64)
-        return _Listing(tuple(found.classes), labels, files=tuple(found._image_files))
+        return Listing(tuple(found.classes), labels, files=tuple(found._image_files))
 
     return _Source(identity, load)
 
@@ -230,10 +201,10 @@ def _idx_dataset(class_name: str) -> Callable[[DataSpec], _Source]:
         root = _data_root(spec)
         _download_if_missing(spec, lambda: make(root, download=True))
 
-        def load() -> _Listing:
+        def load() -> Listing:
             found = _open_torchvision(spec, lambda: make(root, train=spec.split == "train"))
             labels = found.targets.numpy().astype(np.int64)
-            return _Listing(tuple(found.classes), labels, pixels=found.data.numpy()[:, None])
+            return Listing(tuple(found.classes), labels, pixels=found.data.numpy()[:, None])
 
         return _Source(_files_identity(_expected_path(spec)), load)
 
@@ -246,10 +217,10 @@ def _cifar10(spec: DataSpec) -> _Source:
     root = _data_root(spec)
     _download_if_missing(spec, lambda: CIFAR10(root, download=True))
 
-    def load() -> _Listing:
+    def load() -> Listing:
         found = _open_torchvision(spec, lambda: CIFAR10(root, train=spec.split == "train"))
         pixels = found.data.transpose(0, 3, 1, 2)
-        return _Listing(tuple(found.classes), np.asarray(found.targets, np.int64), pixels=pixels)
+        return Listing(tuple(found.classes), np.asarray(found.targets, np.int64), pixels=pixels)
 
     return _Source(_files_identity(_expected_path(spec)), load)
 
@@ -264,7 +235,7 @@ def _folder(spec: DataSpec) -> _Source:
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {root}")
     labels = np.repeat(np.arange(len(groups), dtype=np.int64), [len(g) for _, g in groups])
-    listing = _Listing(tuple(name for name, _ in groups), labels, files=files)
+    listing = Listing(tuple(name for name, _ in groups), labels, files=files)
     return _Source(_files_identity(root, files), lambda: listing)
 
 
@@ -378,7 +349,7 @@ def _check_classes(spec: DataSpec, names: Sequence[str]) -> None:
             raise DataError(f"{spec.name} has no class {wanted!r}{hint}; valid: {', '.join(names)}")
 
 
-# --- decoding and the cache
+# --- the cache: its key, what goes in it, and reading it back
 
 
 def _cache_key(spec: DataSpec, identity: dict[str, Any]) -> str:
@@ -395,7 +366,7 @@ def _cache_key(spec: DataSpec, identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
-def _select(spec: DataSpec, listing: _Listing) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def _select(spec: DataSpec, listing: Listing) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """Indices to decode, their labels, and class names: a fixed shuffle (so that a limit keeps a
     mix of classes), filtered to the chosen classes, which are renumbered in dataset order."""
     _check_classes(spec, listing.class_names)
@@ -413,7 +384,8 @@ def _select(spec: DataSpec, listing: _Listing) -> tuple[np.ndarray, np.ndarray, 
 def _build(spec: DataSpec, source: _Source, data_dir: Path, key: str, progress: bool) -> None:
     listing = source.load()
     index, labels, names = _select(spec, listing)
-    images, failures = _decode(spec, listing, index, progress)
+    desc = f"decoding {spec.name} {spec.split} at {spec.resolution}px"
+    images, failures = decode(listing, index, spec.resolution, desc, progress)
     skipped = _check_failures(failures, len(index))
     keep = np.setdiff1d(np.arange(len(index)), [i for i, _, _ in failures])
     meta = {
@@ -425,71 +397,10 @@ def _build(spec: DataSpec, source: _Source, data_dir: Path, key: str, progress: 
         "class_names": names,
         "skipped": skipped,
     }
-    _write_cache(data_dir, key, images[keep], labels[keep], meta)
+    write_cache(data_dir, key, images[keep], labels[keep], meta)
 
 
-def _decode(
-    spec: DataSpec, listing: _Listing, index: np.ndarray, progress: bool
-) -> tuple[np.ndarray, list[_Failure]]:
-    desc = f"decoding {spec.name} {spec.split} at {spec.resolution}px"
-    with tqdm(total=len(index), desc=desc, unit="img", disable=not progress) as bar:
-        if listing.pixels is not None:
-            return _resize_pixels(listing.pixels[index], spec.resolution, bar), []
-        return _decode_files([str(listing.files[i]) for i in index], spec.resolution, bar)
-
-
-def _resize_pixels(pixels: np.ndarray, resolution: int, bar: tqdm) -> np.ndarray:
-    n, channels, height, width = pixels.shape
-    if height == width == resolution:
-        bar.update(n)
-        return np.ascontiguousarray(pixels)
-    out = np.empty((n, channels, resolution, resolution), np.uint8)
-    for i, image in enumerate(pixels):
-        hwc = image[0] if channels == 1 else image.transpose(1, 2, 0)
-        resized = _crop_resize(Image.fromarray(np.ascontiguousarray(hwc)), resolution)
-        out[i] = resized[None] if channels == 1 else resized.transpose(2, 0, 1)
-        if i % 1024 == 1023 or i == n - 1:
-            bar.update(i % 1024 + 1)
-    return out
-
-
-def _decode_files(files: list[str], resolution: int, bar: tqdm) -> tuple[np.ndarray, list[_Failure]]:
-    """All files decoded, in order; failures as (index, file, reason), their rows left black."""
-    images = np.zeros((len(files), 3, resolution, resolution), np.uint8)
-    failures: list[_Failure] = []
-    starts = range(0, len(files), _CHUNK)
-    chunks = [files[start : start + _CHUNK] for start in starts]
-    for start, (decoded, failed) in zip(starts, _map_chunks(chunks, resolution), strict=True):
-        images[start : start + len(decoded)] = decoded
-        failures += [(start + i, files[start + i], why) for i, why in failed]
-        bar.update(len(decoded))
-    return images, failures
-
-
-def _map_chunks(chunks: list[list[str]], resolution: int) -> Iterator[tuple[np.ndarray, list]]:
-    workers = min(os.cpu_count() or 1, len(chunks))
-    if workers < 2 or sum(map(len, chunks)) < _MIN_POOL_FILES:
-        yield from (_decode_chunk(chunk, resolution) for chunk in chunks)
-        return
-    # workers only run PIL and numpy, so the platform's default start method (fork on Linux,
-    # as torch's DataLoader uses) is safe even in a process that has initialised CUDA
-    with ProcessPoolExecutor(workers) as pool:
-        yield from pool.map(_decode_chunk, chunks, itertools.repeat(resolution))
-
-
-def _decode_chunk(files: list[str], resolution: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """Runs in a worker process: a chunk of files as uint8 ``[n, 3, R, R]``, and what failed."""
-    out = np.zeros((len(files), 3, resolution, resolution), np.uint8)
-    failed = []
-    for i, path in enumerate(files):
-        try:
-            out[i] = decode_image(path, resolution).transpose(2, 0, 1)
-        except _UNREADABLE as err:
-            failed.append((i, f"{type(err).__name__}: {err}"))
-    return out, failed
-
-
-def _check_failures(failures: list[_Failure], total: int) -> list[dict[str, str]]:
+def _check_failures(failures: list[Failure], total: int) -> list[dict[str, str]]:
     """Log each unreadable file; too many means a broken dataset, not a few bad files."""
     for _, path, why in failures:
         log.warning("skipping unreadable image %s (%s)", path, why)
@@ -499,44 +410,9 @@ def _check_failures(failures: list[_Failure], total: int) -> list[dict[str, str]
     return [{"file": path, "error": why} for _, path, why in failures]
 
 
-def _cache_paths(data_dir: Path, key: str) -> tuple[Path, Path, Path]:
-    return data_dir / f"{key}.npy", data_dir / f"{key}.labels.npy", data_dir / f"{key}.json"
-
-
-def _write_cache(data_dir: Path, key: str, images: np.ndarray, labels: np.ndarray, meta: dict) -> None:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    images_path, labels_path, meta_path = _cache_paths(data_dir, key)
-    _atomic_write(images_path, lambda f: np.save(f, images))
-    _atomic_write(labels_path, lambda f: np.save(f, labels))
-    # the metadata goes last: its presence marks a complete entry
-    _atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write through a temporary file in the same directory, then rename: a crash never leaves
-    a half-written file under the final name, and readers see the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _load_cache(data_dir: Path, key: str) -> CachedDataset | None:
-    images_path, labels_path, meta_path = _cache_paths(data_dir, key)
-    try:
-        meta = json.loads(meta_path.read_text())
-        images = np.load(images_path, mmap_mode="r")
-        labels = np.load(labels_path)
-        names = tuple(meta["class_names"])
-    except (OSError, ValueError, KeyError, TypeError):  # absent or damaged: rebuild
+    entry = read_cache(data_dir, key)
+    if entry is None:
         return None
-    if not len(images) == len(labels) == meta.get("count"):
-        return None
-    return CachedDataset(images, labels, names, key, images_path)
+    images, labels, names, path = entry
+    return CachedDataset(images, labels, names, key, path)

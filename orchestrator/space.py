@@ -3,88 +3,38 @@
 A file holds a resolution, an ASHA budget, constants (``fixed``), sampled keys (``params``, a
 closed vocabulary: choice / uniform / loguniform / int, with ``when`` branches under a choice)
 and starting points. Every mistake is a one-line ``SearchSpaceError`` naming the file, the key
-and the value; ``search_spaces/shapes.yaml`` is the commented reference for the format.
+and the value; ``search_spaces/shapes.yaml`` is the commented reference for the format, and
+``orchestrator/space_schema.py`` parses and checks it. This module samples the checked space.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
-import yaml
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-    check_distribution_compatibility,
-)
 
 import orchestrator
-from orchestrator.config import RESOLUTIONS, TrialConfig
+from orchestrator.config import TrialConfig
 from orchestrator.errors import ConfigError, SearchSpaceError, did_you_mean
+from orchestrator.space_schema import (
+    Budget,
+    Param,
+    active_params,
+    describe_distribution,
+    is_number,
+    parse_space,
+    walk_params,
+)
 
 if TYPE_CHECKING:
     from ray.tune.search.optuna import OptunaSearch
 
-# a future `health:` section (failure-detector thresholds) is one more name here and one parser
-TOP_LEVEL_KEYS = ("resolution", "budget", "fixed", "params", "start")
-REQUIRED_KEYS = ("resolution", "budget", "params")
-DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
-OPTIONS = {"choice": ("when",), "uniform": (), "loguniform": (), "int": ("step", "log")}
-FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(TrialConfig)}
-# STYLE.md: learning rates are always log-scale; a future lr_* field is covered too
-LOG_SCALE_KEYS = tuple(name for name in FIELD_TYPES if name.startswith("lr_"))
 SPACES_DIR = Path(orchestrator.__file__).resolve().parents[1] / "search_spaces"
-
-Condition = tuple[tuple[str, Any], ...]  # (choice key, value) pairs that must all hold
-Numeric = FloatDistribution | IntDistribution
-
-
-@dataclass(frozen=True)
-class Budget:
-    """ASHA's time unit is one evaluation: ``eval_every`` generator steps, then FID on ``fid_n``."""
-
-    eval_every: int
-    max_evals: int  # ASHA max_t
-    grace_period: int  # in evaluations
-    reduction_factor: float
-    fid_n: int  # images per FID, real and generated
-
-    def rungs(self) -> list[int]:
-        """The evaluations at which ASHA compares trials (Ray's milestones)."""
-        rungs, t = [], float(self.grace_period)
-        while t <= self.max_evals:
-            rungs.append(round(t))
-            t *= self.reduction_factor
-        return rungs
-
-
-@dataclass(frozen=True)
-class Param:
-    """One sampled key; ``when`` maps a choice value to the keys sampled only under it."""
-
-    name: str
-    distribution: BaseDistribution
-    key: str  # where it sits in the file, e.g. params.loss.when.wgan.n_critic
-    when: Mapping[Any, tuple[Param, ...]] = field(default_factory=dict)
-
-    def suggest(self, trial: optuna.Trial) -> Any:
-        d = self.distribution
-        if isinstance(d, CategoricalDistribution):
-            return trial.suggest_categorical(self.name, d.choices)
-        if isinstance(d, IntDistribution):
-            return trial.suggest_int(self.name, d.low, d.high, step=d.step, log=d.log)
-        if isinstance(d, FloatDistribution):
-            return trial.suggest_float(self.name, d.low, d.high, log=d.log)
-        raise TypeError(f"{self.key}: unsupported distribution {d!r}")
 
 
 @dataclass(frozen=True)
@@ -102,7 +52,7 @@ class SearchSpace:
         return any(p.when for p in self.params)
 
     def sampled_keys(self) -> list[str]:
-        return sorted({p.name for p, _ in _walk(self.params)})
+        return sorted({p.name for p, _ in walk_params(self.params)})
 
     def define_by_run(self, trial: optuna.Trial) -> dict[str, Any]:
         """Suggest the active keys; return the constants, which Ray merges into the config."""
@@ -116,7 +66,7 @@ class SearchSpace:
 
     def trial_config(self, sampled: Mapping[str, Any]) -> TrialConfig:
         """fixed + the active sampled keys -> TrialConfig; keys of inactive branches are dropped."""
-        active, known = {p.name for p in _active(self.params, sampled)}, self.sampled_keys()
+        active, known = {p.name for p in active_params(self.params, sampled)}, self.sampled_keys()
         missing = sorted(active - set(sampled))
         if missing:  # TrialConfig's default would stand in silently (STYLE.md, practice 1)
             raise SearchSpaceError(f"{self.path}: sampled config lacks active keys {missing}")
@@ -138,22 +88,9 @@ class SearchSpace:
 
 def load_space(path: Path) -> SearchSpace:
     """Parse and validate ``path``; every problem is a one-line SearchSpaceError."""
-    top = _At(Path(path))
-    raw = _read(top.path)
-    _check_keys(raw, TOP_LEVEL_KEYS, top)
-    for key in REQUIRED_KEYS:
-        if key not in raw:
-            raise top.error(f"missing required key {key!r}")
-    resolution = raw["resolution"]
-    if resolution not in RESOLUTIONS or isinstance(resolution, bool):
-        raise (top / "resolution").error(f"{resolution!r} is not one of 32, 64")
-    fixed = _fixed(raw.get("fixed"), top / "fixed")
-    params = _params(raw["params"], top / "params")
-    _check_occurrences(params, fixed, top)
-    _check_against_config(params, fixed, top)
-    start = _start(raw.get("start"), params, fixed, top / "start")
-    budget = _budget(raw["budget"], top / "budget")
-    return SearchSpace(top.path, resolution, budget, fixed, params, start, raw)
+    path = Path(path)
+    resolution, budget, fixed, params, start, raw = parse_space(path)
+    return SearchSpace(path, resolution, budget, fixed, params, start, raw)
 
 
 def space_path(dataset: str, override: Path | None = None) -> Path:
@@ -239,328 +176,17 @@ def _sample(params: Sequence[Param], trial: optuna.Trial) -> None:
         _sample(param.when.get(param.suggest(trial), ()), trial)
 
 
-def _active(params: Sequence[Param], values: Mapping[str, Any]) -> Iterator[Param]:
-    """The params active under ``values``: a branch opens when its choice key takes its value."""
-    for param in params:
-        yield param
-        if param.name in values:
-            yield from _active(param.when.get(values[param.name], ()), values)
-
-
-def _walk(params: Sequence[Param], cond: Condition = ()) -> Iterator[tuple[Param, Condition]]:
-    """Every param with the condition under which it is sampled."""
-    for param in params:
-        yield param, cond
-        for value, branch in param.when.items():
-            yield from _walk(branch, (*cond, (param.name, value)))
-
-
-# --- parsing --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _At:
-    """Where in which file: ``at / "budget"`` descends, ``at.error(...)`` names both."""
-
-    path: Path
-    key: str = ""
-
-    def __truediv__(self, name: Any) -> _At:
-        return _At(self.path, f"{self.key}.{name}" if self.key else str(name))
-
-    def error(self, message: str) -> SearchSpaceError:
-        return SearchSpaceError(f"{self.path}: {self.key + ': ' if self.key else ''}{message}")
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys; a space that defines lr_g twice is a mistake."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]  # type: ignore[no-untyped-call]
-        for i, key in enumerate(keys):
-            if key in keys[:i]:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", node.value[i][0].start_mark
-                )
-        return super().construct_mapping(node, deep=deep)
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader
-    except OSError as err:
-        raise SearchSpaceError(f"cannot read search space {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise SearchSpaceError(f"{path}: not valid YAML{line}: {problem}") from None
-    if not isinstance(data, dict):
-        kind = "an empty file" if data is None else f"{data!r}"
-        raise SearchSpaceError(f"{path}: expected a mapping of keys, got {kind}")
-    return data
-
-
-def _check_keys(node: Mapping[Any, Any], allowed: Sequence[str], at: _At) -> None:
-    for key in node:
-        if key not in allowed:
-            raise at.error(
-                f"unknown key {key!r}{did_you_mean(str(key), allowed)} (allowed: {', '.join(allowed)})"
-            )
-
-
-def _mapping(node: Any, at: _At) -> Mapping[Any, Any]:
-    if node is None:
-        return {}
-    if not isinstance(node, dict):
-        raise at.error(f"expected a mapping, got {node!r}")
-    return node
-
-
-def _budget(node: Any, at: _At) -> Budget:
-    names = [f.name for f in dataclasses.fields(Budget)]
-    node = _mapping(node, at)
-    _check_keys(node, names, at)
-    for name in names:
-        if name not in node:
-            raise at.error(f"missing key {name!r}")
-    for name in ("eval_every", "max_evals", "grace_period", "fid_n"):
-        least = 2 if name == "fid_n" else 1
-        if not _is_int(node[name]) or node[name] < least:
-            raise (at / name).error(f"{node[name]!r} must be an integer >= {least}")
-    rf = node["reduction_factor"]
-    if not _is_number(rf) or rf < 2:
-        raise (at / "reduction_factor").error(f"{rf!r} must be a number >= 2")
-    if node["grace_period"] > node["max_evals"]:
-        raise (at / "grace_period").error(f"{node['grace_period']!r} exceeds max_evals {node['max_evals']!r}")
-    return Budget(**{**node, "reduction_factor": float(rf)})
-
-
-def _fixed(node: Any, at: _At) -> dict[str, Any]:
-    node = _mapping(node, at)
-    _check_keys(node, list(FIELD_TYPES), at)
-    try:
-        config = TrialConfig.from_dict(node, source=f"{at.path}: {at.key}")
-    except ConfigError as err:
-        raise SearchSpaceError(str(err)) from None
-    return {name: getattr(config, name) for name in node}  # coerced: "1e-4" -> 0.0001
-
-
-def _params(node: Any, at: _At) -> tuple[Param, ...]:
-    return tuple(_param(name, spec, at / name) for name, spec in _mapping(node, at).items())
-
-
-def _param(name: Any, spec: Any, at: _At) -> Param:
-    if name not in FIELD_TYPES:
-        raise at.error(
-            f"unknown key {name!r}{did_you_mean(str(name), FIELD_TYPES)}"
-            " (sampled keys are TrialConfig fields)"
-        )
-    if not isinstance(spec, dict):
-        raise at.error(
-            f"{spec!r} is not one of {{{', '.join(DISTRIBUTIONS)}: ...}} (constants go under fixed:)"
-        )
-    _check_keys(spec, (*DISTRIBUTIONS, "when", "step", "log"), at)
-    kinds = [k for k in spec if k in DISTRIBUTIONS]
-    if len(kinds) != 1:
-        raise at.error(f"needs exactly one of {', '.join(DISTRIBUTIONS)}, got {kinds!r}")
-    kind = kinds[0]
-    for option in spec:
-        if option != kind and option not in OPTIONS[kind]:
-            raise (at / option).error(f"{spec[option]!r} does not apply to {kind}")
-    if name in LOG_SCALE_KEYS and kind != "loguniform":
-        raise (at / kind).error(
-            f"{spec[kind]!r} for a learning rate: use loguniform (learning rates are always log-scale)"
-        )
-    d = _distribution(kind, spec, at)
-    _check_type(name, kind, d, at / kind)
-    when = _when(spec["when"], d, at / "when") if "when" in spec else {}
-    return Param(name, d, at.key, when)
-
-
-def _distribution(kind: str, spec: Mapping[str, Any], at: _At) -> BaseDistribution:
-    value, where = spec[kind], at / kind
-    if kind == "choice":
-        if not isinstance(value, list) or not value:
-            raise where.error(f"{value!r} must be a non-empty list")
-        for item in value:
-            if not isinstance(item, (str, int, float)) or value.count(item) > 1:
-                raise where.error(f"{item!r} is not a distinct number or string")
-        return CategoricalDistribution(value)
-    if not (isinstance(value, list) and len(value) == 2 and all(map(_is_number, value))):
-        raise where.error(f"{value!r} must be [low, high]")
-    low, high = value
-    if low >= high:
-        raise where.error(f"range {value!r} is empty or inverted (low >= high)")
-    log = kind == "loguniform" or spec.get("log", False)
-    if log is True and low <= 0:
-        raise where.error(f"log range {value!r} needs bounds > 0")
-    if kind != "int":
-        return FloatDistribution(float(low), float(high), log=log)
-    step = spec.get("step", 1)
-    if not (_is_int(low) and _is_int(high)):
-        raise where.error(f"{value!r} must be integers")
-    if not isinstance(log, bool):
-        raise (at / "log").error(f"{log!r} must be true or false")
-    if not _is_int(step) or step < 1 or (high - low) % step or (log and step != 1):
-        raise (at / "step").error(
-            f"{step!r} must be a positive integer dividing high - low (and 1 with log: true)"
-        )
-    return IntDistribution(low, high, step=step, log=log)
-
-
-def _check_type(name: str, kind: str, d: BaseDistribution, at: _At) -> None:
-    """str fields take a choice of strings; int fields an int range or a choice of integers."""
-    values = d.choices if isinstance(d, CategoricalDistribution) else ()
-    ok = {
-        "str": kind == "choice" and all(isinstance(v, str) for v in values),
-        "int": kind == "int" or (kind == "choice" and all(map(_is_int, values))),
-        "float": kind != "choice" or all(map(_is_number, values)),
-    }[FIELD_TYPES[name]]
-    if not ok:
-        kind_of = {"str": "a string", "int": "an integer", "float": "a number"}[FIELD_TYPES[name]]
-        raise at.error(f"{_values(d)} cannot give {name}, {kind_of} in TrialConfig")
-
-
-def _when(node: Any, d: BaseDistribution, at: _At) -> dict[Any, tuple[Param, ...]]:
-    choices = d.choices if isinstance(d, CategoricalDistribution) else ()
-    branches = {}
-    for value, sub in _mapping(node, at).items():
-        if value not in choices:
-            raise at.error(
-                f"{value!r} is not among the choices {list(choices)!r}"
-                f"{did_you_mean(str(value), map(str, choices))}"
-            )
-        branches[value] = _params(sub, at / value)
-    return branches
-
-
-def _check_occurrences(params: Sequence[Param], fixed: Mapping[str, Any], at: _At) -> None:
-    """A key is sampled in one place at a time, never also fixed; twins share a distribution."""
-    seen: dict[str, list[tuple[Param, Condition]]] = {}
-    for param, cond in _walk(params):
-        where = _At(at.path, param.key)
-        if param.name in fixed:
-            raise where.error(f"{param.name!r} is both fixed ({fixed[param.name]!r}) and sampled")
-        for other, other_cond in seen.get(param.name, []):
-            if not _exclusive(cond, other_cond):
-                raise where.error(
-                    f"{param.name!r} is also sampled at {other.key} and both can be active together"
-                )
-            try:  # optuna stores one kind of distribution per name for a whole study
-                check_distribution_compatibility(other.distribution, param.distribution)
-            except ValueError:
-                raise where.error(
-                    f"{_values(param.distribution)} is not the same kind as at"
-                    f" {other.key} ({_values(other.distribution)})"
-                ) from None
-        seen.setdefault(param.name, []).append((param, cond))
-
-
-def _exclusive(a: Condition, b: Condition) -> bool:
-    """Two branches exclude each other when they need different values of one choice key."""
-    need = dict(b)
-    return any(name in need and need[name] != value for name, value in a)
-
-
-def _check_against_config(params: Sequence[Param], fixed: Mapping[str, Any], at: _At) -> None:
-    """Every bound and choice must be a valid TrialConfig value (its checks are intervals)."""
-    for param, _ in _walk(params):
-        d = param.distribution
-        ends = d.choices if isinstance(d, CategoricalDistribution) else _bounds(d)
-        for value in ends:
-            try:
-                TrialConfig.from_dict({**fixed, param.name: value}, f"{at.path}: {param.key}")
-            except ConfigError as err:
-                raise SearchSpaceError(str(err)) from None
-
-
-def _start(
-    node: Any, params: Sequence[Param], fixed: Mapping[str, Any], at: _At
-) -> tuple[dict[str, Any], ...]:
-    if node is not None and not isinstance(node, list):
-        raise at.error(f"expected a list of points, got {node!r}")
-    gates: dict[str, list[Condition]] = {}
-    for param, cond in _walk(params):
-        gates.setdefault(param.name, []).append(cond)
-    return tuple(
-        _start_point(p, params, gates, fixed, _At(at.path, f"{at.key}[{i}]"))
-        for i, p in enumerate(node or [])
-    )
-
-
-def _start_point(
-    point: Any,
-    params: Sequence[Param],
-    gates: Mapping[str, list[Condition]],
-    fixed: Mapping[str, Any],
-    at: _At,
-) -> dict[str, Any]:
-    """A partial point is fine (TPE samples the rest) but every key given must take effect."""
-    point = _mapping(point, at)
-    active = {p.name: p for p in _active(params, point)}
-    resolved = {}
-    for name, value in point.items():
-        if name in fixed:
-            raise (at / name).error(
-                f"{value!r}, but {name} is fixed ({fixed[name]!r}) and a start point sets sampled keys only"
-            )
-        if name not in gates:
-            raise at.error(
-                f"unknown key {name!r}{did_you_mean(str(name), gates)}"
-                f" (sampled keys: {', '.join(sorted(gates))})"
-            )
-        if name not in active:
-            need = " or ".join(", ".join(f"{k}: {v}" for k, v in c) for c in gates[name])
-            raise (at / name).error(f"{value!r} takes effect only with {need}; set that too")
-        resolved[name] = _resolve(active[name].distribution, value, at / name)
-    return resolved
-
-
-def _resolve(d: BaseDistribution, value: Any, at: _At) -> Any:
-    """``value`` in optuna's own type when ``d`` contains it, else a SearchSpaceError."""
-    if isinstance(d, CategoricalDistribution):
-        if value in d.choices and not isinstance(value, bool):
-            return d.choices[d.choices.index(value)]
-    elif isinstance(d, Numeric) and _is_number(value) and d.low <= value <= d.high:
-        if isinstance(d, FloatDistribution):
-            return float(value)
-        if value == int(value) and (value - d.low) % d.step == 0:
-            return int(value)
-    raise at.error(f"{value!r} is outside {_values(d)}")
-
-
 # --- small helpers --------------------------------------------------------------------------
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _bounds(d: BaseDistribution) -> tuple[float, float]:
-    return (d.low, d.high) if isinstance(d, Numeric) else (math.nan, math.nan)
-
-
-def _values(d: BaseDistribution) -> str:
-    if not isinstance(d, Numeric):
-        return "choice " + " | ".join(map(str, getattr(d, "choices", ())))
-    kind = "int" if isinstance(d, IntDistribution) else "uniform"
-    step = f" step {d.step}" if isinstance(d, IntDistribution) and d.step != 1 else ""
-    return f"{'log' if d.log else ''}{kind} [{d.low:g}, {d.high:g}]{step}"
-
-
 def _render(values: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={v:g}" if _is_number(v) else f"{k}={v}" for k, v in values.items())
+    return " ".join(f"{k}={v:g}" if is_number(v) else f"{k}={v}" for k, v in values.items())
 
 
 def _describe_params(params: Sequence[Param], indent: str) -> list[str]:
     lines = []
     for param in params:
-        lines.append(f"{indent}{param.name:<16} {_values(param.distribution)}")
+        lines.append(f"{indent}{param.name:<16} {describe_distribution(param.distribution)}")
         for value, branch in param.when.items():
             lines += [f"{indent}  when {param.name}={value}:", *_describe_params(branch, indent + "    ")]
     return lines

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from orchestrator import data
+from orchestrator import data, datacache
 from orchestrator.data import DataSpec, DeviceImages, images_to_float, prepare_dataset, validate
 from orchestrator.errors import DataError
 
@@ -235,8 +235,8 @@ def test_process_pool_decodes_the_same(folder: Path, tmp_path: Path, monkeypatch
         write_image(folder / "cats" / f"extra{i}.png", (33, 20), seed=100 + i)
     spec = DataSpec(f"folder:{folder}", resolution=32)
     serial = prepare_dataset(spec, tmp_path / "serial", progress=False)
-    monkeypatch.setattr(data, "_CHUNK", 4)
-    monkeypatch.setattr(data, "_MIN_POOL_FILES", 0)
+    monkeypatch.setattr(datacache, "_CHUNK", 4)
+    monkeypatch.setattr(datacache, "_MIN_POOL_FILES", 0)
     monkeypatch.setattr(data.os, "cpu_count", lambda: 2)
     pooled = prepare_dataset(spec, tmp_path / "pooled", progress=False)
     assert pooled.images.tobytes() == serial.images.tobytes()

@@ -1,0 +1,169 @@
+"""Decoding images into the uint8 dataset cache, and that cache's files on disk.
+
+``decode`` turns what a registry loader found (a ``Listing``: image files, or pixels already in
+memory) into one ``[N, C, R, R]`` uint8 array: each image centre-cropped to a square and resized
+(antialiased) to 32 or 64 px, files in a process pool. ``write_cache`` stores it atomically as
+``<key>.npy``, ``<key>.labels.npy`` and ``<key>.json``; ``read_cache`` memory-maps a complete entry.
+Which data to decode, and under which key, is ``orchestrator.data``'s business.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+FORMAT_VERSION = 1  # bump when decoding changes, so that old caches are never reused
+_CHUNK = 256  # files per process-pool task
+_MIN_POOL_FILES = 2 * _CHUNK  # below this, starting worker processes costs more than it saves
+# what PIL raises for a truncated, garbage or hostile file (a broken PNG is a SyntaxError)
+_UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+Failure = tuple[int, str, str]  # an unreadable file: its position, path and the reason
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What a loader found, before decoding: files on disk or pixels already in memory."""
+
+    class_names: tuple[str, ...]
+    labels: np.ndarray  # int64 [N], indices into class_names
+    files: tuple[Path, ...] = ()  # decoded in a process pool
+    pixels: np.ndarray | None = None  # uint8 [N, C, H, W], resized in-process
+
+
+def decode_image(path: str | Path, resolution: int) -> np.ndarray:
+    """One image file as RGB uint8 ``[R, R, 3]``: centre square crop, bicubic (antialiased) resize."""
+    with Image.open(path) as image:
+        # libjpeg decodes at 1/2..1/8 scale when the file is far larger than needed (3-4x faster);
+        # the resize below still filters down from at least twice the target resolution
+        image.draft("RGB", (2 * resolution, 2 * resolution))
+        return _crop_resize(image.convert("RGB"), resolution)
+
+
+def _crop_resize(image: Image.Image, resolution: int) -> np.ndarray:
+    w, h = image.size
+    side = min(w, h)
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    size = (resolution, resolution)
+    return np.asarray(image.resize(size, Image.Resampling.BICUBIC, box=box))
+
+
+# --- decoding
+
+
+def decode(
+    listing: Listing, index: np.ndarray, resolution: int, desc: str, progress: bool
+) -> tuple[np.ndarray, list[Failure]]:
+    """The images at ``index``, in order, as uint8 ``[n, C, R, R]``; unreadable files as failures."""
+    with tqdm(total=len(index), desc=desc, unit="img", disable=not progress) as bar:
+        if listing.pixels is not None:
+            return _resize_pixels(listing.pixels[index], resolution, bar), []
+        return _decode_files([str(listing.files[i]) for i in index], resolution, bar)
+
+
+def _resize_pixels(pixels: np.ndarray, resolution: int, bar: tqdm) -> np.ndarray:
+    n, channels, height, width = pixels.shape
+    if height == width == resolution:
+        bar.update(n)
+        return np.ascontiguousarray(pixels)
+    out = np.empty((n, channels, resolution, resolution), np.uint8)
+    for i, image in enumerate(pixels):
+        hwc = image[0] if channels == 1 else image.transpose(1, 2, 0)
+        resized = _crop_resize(Image.fromarray(np.ascontiguousarray(hwc)), resolution)
+        out[i] = resized[None] if channels == 1 else resized.transpose(2, 0, 1)
+        if i % 1024 == 1023 or i == n - 1:
+            bar.update(i % 1024 + 1)
+    return out
+
+
+def _decode_files(files: list[str], resolution: int, bar: tqdm) -> tuple[np.ndarray, list[Failure]]:
+    """All files decoded, in order; failures as (index, file, reason), their rows left black."""
+    images = np.zeros((len(files), 3, resolution, resolution), np.uint8)
+    failures: list[Failure] = []
+    starts = range(0, len(files), _CHUNK)
+    chunks = [files[start : start + _CHUNK] for start in starts]
+    for start, (decoded, failed) in zip(starts, _map_chunks(chunks, resolution), strict=True):
+        images[start : start + len(decoded)] = decoded
+        failures += [(start + i, files[start + i], why) for i, why in failed]
+        bar.update(len(decoded))
+    return images, failures
+
+
+def _map_chunks(chunks: list[list[str]], resolution: int) -> Iterator[tuple[np.ndarray, list]]:
+    workers = min(os.cpu_count() or 1, len(chunks))
+    if workers < 2 or sum(map(len, chunks)) < _MIN_POOL_FILES:
+        yield from (_decode_chunk(chunk, resolution) for chunk in chunks)
+        return
+    # workers only run PIL and numpy, so the platform's default start method (fork on Linux,
+    # as torch's DataLoader uses) is safe even in a process that has initialised CUDA
+    with ProcessPoolExecutor(workers) as pool:
+        yield from pool.map(_decode_chunk, chunks, itertools.repeat(resolution))
+
+
+def _decode_chunk(files: list[str], resolution: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Runs in a worker process: a chunk of files as uint8 ``[n, 3, R, R]``, and what failed."""
+    out = np.zeros((len(files), 3, resolution, resolution), np.uint8)
+    failed = []
+    for i, path in enumerate(files):
+        try:
+            out[i] = decode_image(path, resolution).transpose(2, 0, 1)
+        except _UNREADABLE as err:
+            failed.append((i, f"{type(err).__name__}: {err}"))
+    return out, failed
+
+
+# --- the cache files
+
+
+def _cache_paths(data_dir: Path, key: str) -> tuple[Path, Path, Path]:
+    return data_dir / f"{key}.npy", data_dir / f"{key}.labels.npy", data_dir / f"{key}.json"
+
+
+def write_cache(data_dir: Path, key: str, images: np.ndarray, labels: np.ndarray, meta: dict) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    images_path, labels_path, meta_path = _cache_paths(data_dir, key)
+    _atomic_write(images_path, lambda f: np.save(f, images))
+    _atomic_write(labels_path, lambda f: np.save(f, labels))
+    # the metadata goes last: its presence marks a complete entry
+    _atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write through a temporary file in the same directory, then rename: a crash never leaves
+    a half-written file under the final name, and readers see the old file or the new one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_cache(data_dir: Path, key: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], Path] | None:
+    """A complete entry's images (memory-mapped), labels, class names and .npy path; else None."""
+    images_path, labels_path, meta_path = _cache_paths(data_dir, key)
+    try:
+        meta = json.loads(meta_path.read_text())
+        images = np.load(images_path, mmap_mode="r")
+        labels = np.load(labels_path)
+        names = tuple(meta["class_names"])
+    except (OSError, ValueError, KeyError, TypeError):  # absent or damaged: rebuild
+        return None
+    if not len(images) == len(labels) == meta.get("count"):
+        return None
+    return images, labels, names, images_path
