@@ -1,0 +1,239 @@
+"""``python -m orchestrator.fid A [B]``: the FID between two image sources, with the search's code.
+
+A source is a folder of images (read at their native size, batched by size), an ``.npz`` of saved
+statistics (ours, or pytorch-fid's ``mu``/``sigma``), or a registered dataset name, whose real
+statistics come from the same cache the search uses. ``--save-stats OUT.npz`` saves A's statistics;
+with A alone it only saves. Prints one line, e.g. ``fid5k: 12.3456 (n=5000, weights=...)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from orchestrator.cli import run_main
+from orchestrator.config import RunSettings, default_cache_dir
+from orchestrator.errors import ConfigError, DataError, did_you_mean
+from orchestrator.metrics.fid import FeatureStats, extract_stats, fid, metric_name, reference_stats
+from orchestrator.metrics.fid import select as select_images
+from orchestrator.metrics.inception import FeatureExtractor, load_inception
+
+if TYPE_CHECKING:
+    from orchestrator.data import DataSpec
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# pytorch-fid's list, so a folder means the same images to both tools
+IMAGE_SUFFIXES = frozenset({".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"})
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(message)  # one line and exit 2, like every other bad input
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m orchestrator.fid",
+        description="The FID between two image sources, computed with the search's own code and caches.",
+    )
+    p.add_argument("a", metavar="A", help="folder of images, .npz statistics or dataset name")
+    p.add_argument("b", metavar="B", nargs="?", help="the second source (omit with --save-stats)")
+    p.add_argument(
+        "--n",
+        type=int,
+        help="images per source (default: a folder's all, a dataset's "
+        f"{RunSettings().fid_n}); larger sets use a fixed seeded subset",
+    )
+    p.add_argument("--resolution", type=int, default=64, help="dataset resolution (default 64)")
+    p.add_argument("--batch-size", type=int, default=50, help="Inception batch size (default 50)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if any)")
+    p.add_argument("--weights", type=Path, help="FID Inception weights file (default: search)")
+    p.add_argument("--save-stats", type=Path, metavar="OUT.npz", help="save A's statistics here")
+    p.add_argument("--data-root", type=Path, help="where datasets' raw files are")
+    p.add_argument(
+        "--download", action="store_true", help="allow downloading a dataset or the Inception weights"
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _validate(args)
+    # every source is checked before the first one is computed, which can take minutes
+    sources = [(source, source_kind(source, args)) for source in (args.a, args.b) if source]
+    network = _LazyExtractor(args)
+    stats = [source_stats(source, kind, args, network) for source, kind in sources]
+    if args.save_stats is not None:
+        stats[0].meta.setdefault("source", args.a)
+        stats[0].save(args.save_stats)
+        log.info("saved the statistics of %s (n=%d) to %s", args.a, stats[0].n, args.save_stats)
+    if len(stats) == 2:
+        a, b = stats
+        print(f"{_name(a, b)}: {fid(a, b):.4f} (n={_counts(a, b)}, weights={_weights(a, b, network)})")
+    return 0
+
+
+def source_kind(source: str, args: argparse.Namespace) -> str:
+    """The source's kind ("folder", "npz" or "dataset"); a DataError naming it if none fits."""
+    from orchestrator import data  # lazily: folders and .npz files need no dataset code
+
+    path = Path(source)
+    if path.is_dir():
+        return "folder"
+    if path.suffix == ".npz" and path.is_file():
+        return "npz"
+    if source in data.DATASETS or source.startswith(data.FOLDER_PREFIX):
+        data.validate(_spec(source, args))
+        return "dataset"
+    what = "is not a folder of images or an .npz file" if path.exists() else "does not exist"
+    raise DataError(
+        f"{source!r} {what}, nor a dataset ({', '.join(data.DATASETS)}){did_you_mean(source, data.DATASETS)}"
+    )
+
+
+def source_stats(
+    source: str,
+    kind: str,
+    args: argparse.Namespace,
+    network: _LazyExtractor,
+) -> FeatureStats:
+    if kind == "folder":
+        return folder_stats(Path(source), network(), args.n, args.batch_size)
+    if kind == "npz":
+        return _loaded(Path(source), network)
+    return dataset_stats(source, args, network())
+
+
+def folder_stats(
+    folder: Path,
+    extractor: FeatureExtractor,
+    n: int | None,
+    batch_size: int,
+) -> FeatureStats:
+    """A folder's images (not its sub-folders'), as pytorch-fid reads them, ``n`` at most."""
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    if len(files) < 2:
+        raise DataError(f"{folder}: FID needs at least 2 images, found {len(files)}")
+    if n is not None:
+        if n > len(files):
+            log.warning("%s has %d images, fewer than --n %d: using all", folder, len(files), n)
+        files = [files[i] for i in select_images(len(files), n)]
+    stats, _ = extract_stats(_folder_batches(files, batch_size), extractor, total=len(files), progress=True)
+    return stats
+
+
+def dataset_stats(name: str, args: argparse.Namespace, extractor: FeatureExtractor) -> FeatureStats:
+    """The search's own cached reference statistics of a dataset (computed on a cache miss)."""
+    from orchestrator.data import prepare_dataset
+
+    dataset = prepare_dataset(_spec(name, args), default_cache_dir(), progress=True)
+    n = args.n if args.n is not None else RunSettings().fid_n
+    return reference_stats(
+        dataset.images, dataset.key, n, extractor, default_cache_dir(), batch_size=args.batch_size
+    )
+
+
+def _spec(name: str, args: argparse.Namespace) -> DataSpec:
+    from orchestrator.data import DataSpec
+
+    return DataSpec(name, resolution=args.resolution, root=args.data_root, download=args.download)
+
+
+class _LazyExtractor:
+    """Loads the network on first use: comparing two .npz files needs none."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.extractor: FeatureExtractor | None = None
+
+    def __call__(self) -> FeatureExtractor:
+        if self.extractor is None:
+            device = self.args.device
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.extractor = load_inception(self.args.weights, device, self.args.download)
+        return self.extractor
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if args.b is None and args.save_stats is None:
+        raise ConfigError("give two sources, or one with --save-stats OUT.npz")
+    if args.n is not None and args.n < 2:
+        raise ConfigError(f"--n {args.n}: FID needs at least 2 images")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size} must be at least 1")
+    if args.save_stats is not None and args.save_stats.suffix != ".npz":
+        raise ConfigError(f"--save-stats {str(args.save_stats)!r} must end in .npz")
+
+
+def _loaded(path: Path, network: _LazyExtractor) -> FeatureStats:
+    stats = FeatureStats.load(path)
+    if network.extractor is not None and stats.meta.get("extractor") not in (None, network.extractor.name):
+        log.warning("%s was computed with %s, not %s", path, stats.meta["extractor"], network.extractor.name)
+    return stats
+
+
+def _folder_batches(files: list[Path], batch_size: int) -> Iterator[torch.Tensor]:
+    """Batches of images of one size each, in [-1, 1]; RGB as pytorch-fid reads them."""
+    by_size: dict[tuple[int, int], list[Path]] = {}
+    for f in files:
+        by_size.setdefault(_read(f, lambda image: image.size), []).append(f)
+    if len(by_size) > 1:
+        log.info("%d image sizes: batching each size separately", len(by_size))
+    for group in by_size.values():
+        for start in range(0, len(group), batch_size):
+            pixels = np.stack([_read(f, _rgb) for f in group[start : start + batch_size]])
+            yield torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def _rgb(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"))  # grayscale and palette images too, as pytorch-fid
+
+
+def _read(path: Path, use: Callable[[Image.Image], T]) -> T:
+    try:
+        with Image.open(path) as image:
+            return use(image)
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as err:
+        raise DataError(f"{path}: not a readable image ({err})") from err
+
+
+def _name(a: FeatureStats, b: FeatureStats) -> str:
+    counts = [s.n for s in (a, b) if s.n > 0]  # 0: a pytorch-fid file that did not record it
+    if counts and a.n != b.n and a.n > 0 and b.n > 0:
+        log.warning(
+            "the sources have different sample counts (%d and %d): FID is biased by N, "
+            "compare only at one N (--n)",
+            a.n,
+            b.n,
+        )
+    return metric_name(min(counts)) if counts else "fid"
+
+
+def _counts(a: FeatureStats, b: FeatureStats) -> str:
+    shown = [str(s.n) if s.n > 0 else "?" for s in (a, b)]
+    return shown[0] if shown[0] == shown[1] else "/".join(shown)
+
+
+def _weights(a: FeatureStats, b: FeatureStats, network: _LazyExtractor) -> str:
+    if network.extractor is not None:
+        return network.extractor.name
+    return a.meta.get("extractor") or b.meta.get("extractor") or "unknown"
+
+
+def cli_main() -> int:
+    return run_main(main)
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())

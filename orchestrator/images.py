@@ -1,0 +1,32 @@
+"""Image grids: generator output in [-1, 1] to a PNG a person can look at."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+
+def grid_image(images: torch.Tensor, nrow: int | None = None) -> Image.Image:
+    """A square-ish grid of ``images`` ([N, C, H, W] in [-1, 1]) with a 2-px border."""
+    nrow = nrow or max(1, math.isqrt(images.shape[0]))
+    grid = make_grid(images.detach().float().cpu().clamp(-1, 1), nrow=nrow, padding=2, pad_value=-1)
+    pixels = ((grid + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    if pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    return Image.fromarray(np.ascontiguousarray(pixels))
+
+
+def save_png(image: Image.Image, path: Path) -> Path:
+    """Write atomically, so a viewer or an artifact upload never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,322 @@
+"""Fréchet Inception Distance (Heusel et al. 2017): pure math, streaming statistics, cached reference.
+
+The network is passed in (any ``FeatureExtractor``), so everything here is tested with tiny fakes.
+FID depends on the sample count (it is biased upwards for small N), so the metric's name carries it
+(``fid5k``) and statistics record the count they were computed on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from orchestrator.errors import ConfigError, DataError
+from orchestrator.metrics.inception import FeatureExtractor
+
+log = logging.getLogger(__name__)
+
+SELECTION_SEED = 0  # which n images of a larger set are used; fixed so every run picks the same
+STATS_VERSION = 1  # part of every cache key: bump it when the way statistics are computed changes
+Array = np.ndarray | torch.Tensor
+
+
+def frechet_distance(
+    mu1: Array, sigma1: Array, mu2: Array, sigma2: Array, factor1: Array | None = None
+) -> float:
+    """``|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr sqrt(S1 S2)`` in float64.
+
+    numpy arrays are computed on the CPU, torch tensors on their device (so on the GPU there).
+    tr sqrt(S1 S2) is the sum of the square roots of the eigenvalues of ``F^T S2 F`` for any
+    ``S1 = F F^T`` (similar to S1 S2, but symmetric positive semi-definite): no 2048x2048 sqrtm,
+    which is several times slower and which pytorch-fid needs to retry when S1 S2 is singular.
+    ``factor1`` is such an F when known, e.g. centred features / sqrt(n - 1) of n < dims images:
+    the eigenproblem is then n x n (``FeatureStats.factor``).
+
+    Non-finite statistics (a diverged generator's NaN images) give ``inf``: the worst score, which
+    lets an early-stopping scheduler stop the trial, where NaN would be ignored.
+    """
+    device = next((a.device for a in (sigma1, sigma2) if isinstance(a, torch.Tensor)), None)
+    m1, s1, m2, s2 = (_f64(a, device) for a in (mu1, sigma1, mu2, sigma2))
+    d = m1.shape[0]
+    if m1.shape != (d,) or m2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
+        raise DataError(
+            f"statistics do not match: means {tuple(m1.shape)} and {tuple(m2.shape)}, "
+            f"covariances {tuple(s1.shape)} and {tuple(s2.shape)}"
+        )
+    if not all(bool(t.isfinite().all()) for t in (m1, s1, m2, s2)):
+        return math.inf
+    diff = m1 - m2
+    f1 = None if factor1 is None else _f64(factor1, device)
+    return float(diff @ diff + s1.trace() + s2.trace() - 2 * _trace_sqrt_product(s1, s2, f1))
+
+
+def _trace_sqrt_product(s1: torch.Tensor, s2: torch.Tensor, f1: torch.Tensor | None) -> torch.Tensor:
+    if f1 is None:
+        f1, info = torch.linalg.cholesky_ex(s1)
+        if int(info) != 0:  # singular S1 (fewer samples than dims): factor it by its eigenvectors
+            w, v = torch.linalg.eigh(s1)
+            f1 = v * w.clamp(min=0).sqrt()
+    m = f1.T @ s2 @ f1
+    eigenvalues = torch.linalg.eigvalsh((m + m.T) / 2)  # rounding leaves m a hair asymmetric
+    # and leaves tiny negative eigenvalues where the product is singular
+    return eigenvalues.clamp(min=0).sqrt().sum()
+
+
+def _f64(a: Array, device: torch.device | None) -> torch.Tensor:
+    return torch.as_tensor(a).detach().to(device=device, dtype=torch.float64)
+
+
+class FeatureStats:
+    """Running count, float64 sum and float64 sum of outer products of features: the mean and the
+    covariance (ddof=1, as pytorch-fid's ``np.cov``) of any number of images in O(dims^2) memory.
+
+    Accumulates on the device of the features it is given; pickles to the CPU. While there are no
+    more images than dims it also keeps their features (no more memory than the outer products),
+    which makes the FID of a small sample an n x n eigenproblem (``factor``).
+    ``meta`` records provenance (extractor, data) in saved files. ``n == 0`` after ``load`` means the
+    file did not record the count (pytorch-fid's own ``.npz`` files have only ``mu`` and ``sigma``).
+    """
+
+    def __init__(self, dims: int, meta: dict[str, str] | None = None) -> None:
+        self.dims = dims
+        self.n = 0
+        self.meta = dict(meta or {})
+        self._sum: torch.Tensor | None = None
+        self._outer: torch.Tensor | None = None
+        self._loaded: tuple[torch.Tensor, torch.Tensor] | None = None  # exact moments from a file
+        self._rows: list[torch.Tensor] | None = []  # the features themselves, while n <= dims
+
+    def update(self, features: Array) -> None:
+        x = torch.as_tensor(features).detach().to(torch.float64)
+        if x.ndim != 2 or x.shape[1] != self.dims:
+            raise DataError(f"expected features [N, {self.dims}], got {tuple(x.shape)}")
+        if self._loaded is not None:
+            self._unfreeze()
+        if self._sum is None or self._outer is None:
+            self._sum = torch.zeros(self.dims, dtype=torch.float64, device=x.device)
+            self._outer = torch.zeros(self.dims, self.dims, dtype=torch.float64, device=x.device)
+        x = x.to(self._sum.device)
+        self._sum += x.sum(0)
+        self._outer += x.T @ x
+        if self._rows is not None and self.n + len(x) <= self.dims:
+            self._rows.append(x)
+        else:
+            self._rows = None
+        self.n += x.shape[0]
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, covariance) as float64 tensors on this object's device."""
+        if self._loaded is not None:
+            return self._loaded
+        if self.n < 2 or self._sum is None or self._outer is None:
+            raise DataError(f"FID statistics need at least 2 images, got {self.n}")
+        mu = self._sum / self.n
+        sigma = (self._outer - self.n * torch.outer(mu, mu)) / (self.n - 1)
+        return mu, sigma
+
+    def factor(self) -> torch.Tensor | None:
+        """``F`` ``[dims, n]`` with ``F F^T`` = the covariance, while the features are at hand."""
+        if not self._rows or self.n < 2:
+            return None
+        x = torch.cat(self._rows)
+        return (x - x.mean(0)).T / math.sqrt(self.n - 1)
+
+    def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
+        mu, sigma = self.moments()
+        return mu.cpu().numpy(), sigma.cpu().numpy()
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``mu``, ``sigma`` (pytorch-fid's keys), ``n`` and ``meta``, atomically."""
+        mu, sigma = self.mean_cov()
+        meta = json.dumps(self.meta, sort_keys=True)
+        return _atomic_write(Path(path), lambda f: np.savez(f, mu=mu, sigma=sigma, n=self.n, meta=meta))
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureStats:
+        """Statistics saved by ``save``, or pytorch-fid's ``.npz`` (``mu``/``sigma`` only)."""
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                mu, sigma = np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64)
+                n = int(f["n"]) if "n" in f.files else 0
+                meta = json.loads(str(f["meta"])) if "meta" in f.files else {}
+        except (OSError, ValueError, KeyError, EOFError) as err:
+            raise DataError(f"{path}: not a statistics file with 'mu' and 'sigma' ({err})") from err
+        d = mu.shape[0] if mu.ndim == 1 else -1
+        if d < 1 or sigma.shape != (d, d):
+            raise DataError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not match")
+        stats = cls(d, meta)
+        stats.n, stats._rows = n, None
+        stats._loaded = (torch.from_numpy(mu), torch.from_numpy(sigma))
+        return stats
+
+    def _unfreeze(self) -> None:
+        """Loaded moments back to running sums, so more features can be added."""
+        if self.n < 2 or self._loaded is None:
+            raise DataError("cannot add features to statistics whose image count is unknown")
+        mu, sigma = self._loaded
+        self._sum = mu * self.n
+        self._outer = sigma * (self.n - 1) + self.n * torch.outer(mu, mu)
+        self._loaded = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # statistics travel to other processes (Ray's object store): never as CUDA tensors
+        state = dict(vars(self))
+        for key in ("_sum", "_outer"):
+            state[key] = None if state[key] is None else state[key].cpu()
+        if self._loaded is not None:
+            state["_loaded"] = (self._loaded[0].cpu(), self._loaded[1].cpu())
+        if self._rows is not None:
+            state["_rows"] = [rows.cpu() for rows in self._rows]
+        return state
+
+
+def metric_name(n: int) -> str:
+    """``fid5k`` for 5000 images, ``fid10k``, ``fid500``, ``fid2048``: the count is in the name."""
+    if n < 1:
+        raise ConfigError(f"a FID sample count must be positive, got {n}")
+    return f"fid{n // 1000}k" if n % 1000 == 0 else f"fid{n}"
+
+
+def fid(real: FeatureStats, fake: FeatureStats) -> float:
+    """FID between two sets of statistics, on the device where ``fake`` was accumulated."""
+    device = fake.moments()[1].device
+    # the distance is symmetric: put a side whose features are at hand (few images) first
+    first, second = (fake, real) if fake.factor() is not None else (real, fake)
+    (mu1, sigma1), (mu2, sigma2) = first.moments(), second.moments()
+    return frechet_distance(mu1, sigma1.to(device), mu2, sigma2.to(device), first.factor())
+
+
+def select(total: int, n: int) -> np.ndarray:
+    """Indices of the ``n`` images used from ``total``: all when n >= total, else the first n of a
+    fixed seeded permutation (sorted, for memory locality; the statistics do not depend on order)."""
+    if n >= total:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(SELECTION_SEED).permutation(total)[:n])
+
+
+def extract_stats(
+    batches: Iterable[torch.Tensor],
+    extractor: FeatureExtractor,
+    total: int | None = None,
+    progress: bool = False,
+    keep_logits: bool = False,
+) -> tuple[FeatureStats, torch.Tensor | None]:
+    """Statistics of the features of every batch, and their logits (on the CPU) if asked."""
+    stats = FeatureStats(extractor.dims, {"extractor": extractor.name})
+    kept: list[torch.Tensor] = []
+    with tqdm(total=total, disable=not progress, file=sys.stderr, unit="img", desc="inception") as bar:
+        for batch in batches:
+            features, logits = extractor(batch)
+            stats.update(features)
+            if keep_logits and logits is not None:
+                kept.append(logits.float().cpu())
+            bar.update(len(batch))
+    return stats, torch.cat(kept) if kept else None
+
+
+def reference_stats(
+    images: np.ndarray,
+    data_key: str,
+    n: int,
+    extractor: FeatureExtractor,
+    cache_dir: Path,
+    batch_size: int = 100,
+    progress: bool = True,
+) -> FeatureStats:
+    """Real-image statistics, computed once per (data, n, network) and cached under
+    ``<cache_dir>/fid_stats/``. With fewer than ``n`` images all are used and ``stats.n`` says so."""
+    if images.ndim != 4 or images.dtype != np.uint8 or len(images) < 2:
+        raise DataError(f"expected at least 2 uint8 images [N, C, R, R], got {images.dtype} {images.shape}")
+    if n < 2:
+        raise ConfigError(f"FID needs at least 2 images, got n={n}")
+    index = select(len(images), n)
+    if len(index) < n:
+        log.warning(
+            "only %d real images, fewer than n=%d: the reference statistics use all of "
+            "them (FID at n=%d is biased differently from n=%d)",
+            len(index),
+            n,
+            len(index),
+            n,
+        )
+    path = stats_path(Path(cache_dir), data_key, len(index), extractor.name)
+    if path.is_file():
+        try:
+            return FeatureStats.load(path)
+        except DataError as err:
+            log.warning("recomputing unreadable cached statistics: %s", err)
+    log.info("computing FID reference statistics of %s on %d images -> %s", data_key, len(index), path)
+    stats, _ = extract_stats(
+        _uint8_batches(images, index, batch_size), extractor, total=len(index), progress=progress
+    )
+    stats.meta.update(data=data_key)
+    stats.save(path)
+    # the cached file, not the in-memory sums: the first run and every later one get the same numbers
+    return FeatureStats.load(path)
+
+
+def stats_path(cache_dir: Path, data_key: str, n: int, extractor_name: str) -> Path:
+    record = {
+        "data": data_key,
+        "n": n,
+        "extractor": extractor_name,
+        "seed": SELECTION_SEED,
+        "version": STATS_VERSION,
+    }
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_dir / "fid_stats" / f"{digest}.npz"
+
+
+def generated_stats(
+    sample: Callable[[int], torch.Tensor], n: int, extractor: FeatureExtractor, batch_size: int = 100
+) -> tuple[FeatureStats, torch.Tensor | None]:
+    """Statistics of ``n`` images drawn as ``sample(b)`` (float in [-1, 1]) in batches of at most
+    ``batch_size``; the logits too (for the Inception Score) when the extractor has the head."""
+    if n < 2:
+        raise ConfigError(f"FID needs at least 2 images, got n={n}")
+    return extract_stats(_sampled(sample, n, batch_size), extractor, keep_logits=extractor.has_classifier)
+
+
+def _sampled(sample: Callable[[int], torch.Tensor], n: int, batch_size: int) -> Iterator[torch.Tensor]:
+    for start in range(0, n, batch_size):
+        want = min(batch_size, n - start)
+        with torch.no_grad():
+            images = sample(want)
+        if images.shape[0] != want:
+            raise DataError(f"the sampler returned {images.shape[0]} images, {want} were asked for")
+        yield images
+
+
+def _uint8_batches(images: np.ndarray, index: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
+    for start in range(0, len(index), batch_size):
+        batch = np.ascontiguousarray(images[index[start : start + batch_size]])
+        yield torch.from_numpy(batch).to(torch.float32).div_(127.5).sub_(1.0)
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> Path:
+    """Write through a temporary file beside ``path``, then ``os.replace``: readers (other trials,
+    other processes) see the old file or the complete new one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

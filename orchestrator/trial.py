@@ -1,0 +1,181 @@
+"""One trial's loop: train for an interval, evaluate, checkpoint. Shared by the one-trial CLI
+(``python -m orchestrator.train``) and the Ray Tune trainable, so the two can never drift apart.
+
+Each evaluation reports FID on ``fid_n`` images from latents fixed by ``eval_seed`` (the same for
+every evaluation and every trial), the best FID so far, IS when the classifier head is loaded, the
+mean losses and D outputs since the last report, gradient norms, img/s, step and epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from orchestrator.config import RunSettings, TrialConfig
+from orchestrator.data import CachedDataset, DeviceImages
+from orchestrator.images import grid_image
+from orchestrator.metrics.fid import FeatureStats, generated_stats, metric_name
+from orchestrator.metrics.fid import fid as frechet_from_stats
+from orchestrator.metrics.inception import FeatureExtractor
+from orchestrator.metrics.inception_score import inception_score
+from orchestrator.train import (
+    GANState,
+    build_state,
+    fixed_latents,
+    generate,
+    load_state_dict,
+    state_dict,
+    train_step,
+)
+
+GRID_SIZE = 64  # images in each sample grid
+EVAL_BATCH = 100
+
+
+def fid_key(settings: RunSettings) -> str:
+    """The name FID is reported under, e.g. ``fid5k``: the sample count is part of the metric."""
+    return metric_name(settings.fid_n)
+
+
+def best_fid_key(settings: RunSettings) -> str:
+    return f"{fid_key(settings)}_best"
+
+
+@dataclass
+class _Meter:
+    """Running sums of step statistics since the last report."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    count: int = 0
+    seconds: float = 0.0
+    images: int = 0
+
+    def add(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        return {key: total / max(self.count, 1) for key, total in self.sums.items()}
+
+
+class TrialRunner:
+    """Owns a GANState plus what evaluation needs: the data on the device, reference FID statistics,
+    the feature extractor and the fixed latents."""
+
+    def __init__(
+        self,
+        config: TrialConfig,
+        settings: RunSettings,
+        data: CachedDataset,
+        reference: FeatureStats,
+        extractor: FeatureExtractor,
+        device: torch.device,
+    ) -> None:
+        self.settings = settings
+        self.data = data
+        self.reference = reference
+        self.extractor = extractor
+        cuda = device.type == "cuda"
+        self.images = DeviceImages(data.images, device, channels_last=cuda)
+        self.state: GANState = build_state(
+            config, data.channels, data.resolution, device, settings.seed
+        )
+        self.eval_latents = fixed_latents(config.nz, settings.fid_n, settings.eval_seed)
+        self.grid_latents = self.eval_latents[:GRID_SIZE]
+        self.best_fid = math.inf
+        self.meter = _Meter()
+
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    def train(self, steps: int) -> None:
+        """``steps`` generator steps; raises TrainingDiverged at the first NaN/inf loss."""
+        cfg = self.state.config
+        start = time.perf_counter()
+        for _ in range(steps):
+            stats = train_step(self.state, self.images)
+            self.meter.add(vars(stats))
+        if self.state.cuda:
+            torch.cuda.synchronize(self.state.device)
+        self.meter.seconds += time.perf_counter() - start
+        self.meter.images += steps * cfg.batch_size * cfg.n_critic
+
+    def evaluate(self) -> dict[str, float]:
+        """Score the generator and return the report, resetting the running means."""
+        cfg = self.state.config
+        start = time.perf_counter()
+        fake, logits = generated_stats(
+            self._latent_sampler(), self.settings.fid_n, self.extractor, batch_size=EVAL_BATCH
+        )
+        value = frechet_from_stats(self.reference, fake)
+        self.best_fid = min(self.best_fid, value) if math.isfinite(value) else self.best_fid
+        report: dict[str, float] = {
+            fid_key(self.settings): value,
+            best_fid_key(self.settings): self.best_fid,
+            **self.meter.means(),
+            "img_per_s": self.meter.images / self.meter.seconds if self.meter.seconds else 0.0,
+            "train_seconds": self.meter.seconds,
+            "step": float(self.state.step),
+            "epoch": self.state.step * cfg.batch_size * cfg.n_critic / len(self.data),
+        }
+        if logits is not None:
+            report["inception_score"], report["inception_score_std"] = inception_score(logits)
+        report["eval_seconds"] = time.perf_counter() - start
+        self.meter = _Meter()
+        return report
+
+    def _latent_sampler(self) -> Callable[[int], torch.Tensor]:
+        """Images from the fixed evaluation latents, taken in order, whatever the batch sizes asked."""
+        offset = 0
+
+        def sample(n: int) -> torch.Tensor:
+            nonlocal offset
+            z = self.eval_latents[offset : offset + n]
+            offset += n
+            return generate(self.state, z)
+
+        return sample
+
+    def grid(self) -> Image.Image:
+        """The sample grid from the fixed grid latents: comparable across evaluations and trials."""
+        return grid_image(generate(self.state, self.grid_latents))
+
+    def save(self, path: Path) -> Path:
+        """Atomic: a crash mid-write leaves the previous checkpoint intact."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save({**state_dict(self.state), "best_fid": self.best_fid}, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def restore(self, path: Path) -> None:
+        saved: dict[str, Any] = torch.load(path, map_location=self.state.device, weights_only=False)
+        load_state_dict(self.state, saved)
+        self.best_fid = saved.get("best_fid", math.inf)
+
+
+def format_report(report: dict[str, float], settings: RunSettings) -> str:
+    """One line per evaluation for people: losses, D outputs, FID and speed."""
+    key = fid_key(settings)
+    parts = [
+        f"step {int(report['step']):>6} epoch {report['epoch']:6.2f}",
+        f"d_loss {report.get('d_loss', np.nan):7.4f} g_loss {report.get('g_loss', np.nan):7.4f}",
+        f"D(x) {report.get('d_real', np.nan):6.3f} D(G(z)) {report.get('d_fake', np.nan):6.3f}",
+        f"{key} {report[key]:8.3f} (best {report[best_fid_key(settings)]:.3f})",
+        f"{report['img_per_s']:8.0f} img/s",
+    ]
+    if "inception_score" in report:
+        parts.insert(4, f"IS {report['inception_score']:.2f}")
+    return " | ".join(parts)
