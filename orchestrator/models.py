@@ -82,8 +82,9 @@ def init_weights(module: nn.Module) -> None:
     """The DCGAN paper's init: conv weights N(0, 0.02), batch-norm scale N(1, 0.02), shift 0."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            weight = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
-            nn.init.normal_(weight, 0.0, 0.02)
+            # under spectral norm the trainable tensor is the parametrization's original
+            weight = getattr(m, "parametrizations", None)
+            nn.init.normal_(weight["weight"].original if weight is not None else m.weight, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):

@@ -50,6 +50,7 @@ class GANState:
     channels: int
     resolution: int
     step: int = 0  # generator steps taken
+    fast: bool = False  # bf16 autocast + channels_last (the default on CUDA)
 
     @property
     def cuda(self) -> bool:
@@ -68,15 +69,22 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def build_state(
-    config: TrialConfig, channels: int, resolution: int, device: torch.device | str, seed: int
+    config: TrialConfig,
+    channels: int,
+    resolution: int,
+    device: torch.device | str,
+    seed: int,
+    fast: bool | None = None,
 ) -> GANState:
+    """``fast`` (bf16 autocast + channels_last) defaults to on for CUDA; the CPU runs fp32."""
     device = torch.device(device)
+    fast = device.type == "cuda" if fast is None else fast
     # weight init draws from the global generator: seed it inside a fork so callers are unaffected
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         generator, discriminator = build_models(config, channels, resolution)
     generator, discriminator = generator.to(device), discriminator.to(device)
-    if device.type == "cuda":
+    if fast:
         generator = generator.to(memory_format=torch.channels_last)
         discriminator = discriminator.to(memory_format=torch.channels_last)
     ema = None
@@ -97,6 +105,7 @@ def build_state(
         device=device,
         channels=channels,
         resolution=resolution,
+        fast=fast,
     )
 
 
@@ -117,13 +126,13 @@ def latents(state: GANState, n: int) -> torch.Tensor:
 
 
 def _autocast(state: GANState) -> contextlib.AbstractContextManager[Any]:
-    if state.cuda:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if state.fast:
+        return torch.autocast(state.device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def _prepare(state: GANState, images: torch.Tensor) -> torch.Tensor:
-    return images.contiguous(memory_format=torch.channels_last) if state.cuda else images
+    return images.contiguous(memory_format=torch.channels_last) if state.fast else images
 
 
 def train_step(state: GANState, data: ImageSource) -> StepStats:
@@ -187,8 +196,8 @@ def _update_ema(state: GANState) -> None:
     weight = 1.0 - state.config.ema_decay
     for e, p in zip(state.ema.parameters(), state.generator.parameters(), strict=True):
         e.lerp_(p, weight)
-    for e, b in zip(state.ema.buffers(), state.generator.buffers(), strict=True):
-        e.copy_(b)
+    for buf, src in zip(state.ema.buffers(), state.generator.buffers(), strict=True):
+        buf.copy_(src)
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from orchestrator.images import save_png
 from orchestrator.metrics.fid import reference_stats
 from orchestrator.metrics.inception import load_inception
 from orchestrator.train import resolve_device
-from orchestrator.trial import TrialRunner, fid_key, format_report
+from orchestrator.trial import TrialRunner, check_fid_n, fid_key, format_report
 
 log = logging.getLogger("orchestrator.train")
 
@@ -93,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     extractor = load_inception(args.fid_weights, device=device)
 
     data = datasets.prepare_dataset(spec, settings.cache_dir)
+    check_fid_n(settings.fid_n, len(data), spec.name)
     reference = reference_stats(data.images, data.key, settings.fid_n, extractor, settings.cache_dir)
     steps_per_epoch = max(1, len(data) // (config.batch_size * config.n_critic))
     total = args.steps or math.ceil((args.epochs or 5) * steps_per_epoch)

@@ -22,6 +22,7 @@ from PIL import Image
 
 from orchestrator.config import RunSettings, TrialConfig
 from orchestrator.data import CachedDataset, DeviceImages
+from orchestrator.errors import ConfigError
 from orchestrator.images import grid_image
 from orchestrator.metrics.fid import FeatureStats, generated_stats, metric_name
 from orchestrator.metrics.fid import fid as frechet_from_stats
@@ -48,6 +49,14 @@ def fid_key(settings: RunSettings) -> str:
 
 def best_fid_key(settings: RunSettings) -> str:
     return f"{fid_key(settings)}_best"
+
+
+def check_fid_n(fid_n: int, available: int, dataset: str) -> None:
+    """FID is named after its sample count, so the real side must have that many images."""
+    if fid_n > available:
+        raise ConfigError(
+            f"FID needs {fid_n} real images but {dataset} has {available}: lower --fid-n or raise --limit"
+        )
 
 
 @dataclass
@@ -91,7 +100,7 @@ class TrialRunner:
             config, data.channels, data.resolution, device, settings.seed
         )
         self.eval_latents = fixed_latents(config.nz, settings.fid_n, settings.eval_seed)
-        self.grid_latents = self.eval_latents[:GRID_SIZE]
+        self.grid_latents = fixed_latents(config.nz, GRID_SIZE, settings.eval_seed)
         self.best_fid = math.inf
         self.meter = _Meter()
 

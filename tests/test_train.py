@@ -152,7 +152,8 @@ def test_deterministic_on_cpu() -> None:
     sa = [train_step(a, Blobs()) for _ in range(3)]
     sb = [train_step(b, Blobs()) for _ in range(3)]
     assert sa == sb
-    assert all(torch.equal(p, q) for p, q in zip(a.generator.parameters(), b.generator.parameters(), strict=True))
+    pairs = zip(a.generator.parameters(), b.generator.parameters(), strict=True)
+    assert all(torch.equal(p, q) for p, q in pairs)
     c = _state(seed=4)
     assert train_step(c, Blobs()) != sa[0]
 
@@ -193,9 +194,9 @@ def test_config_rejects_unknown_and_out_of_range() -> None:
         TrialConfig.from_dict({"lr_gen": 1e-4})
     with pytest.raises(ConfigError, match=r"beta1=1.5 must be in \[0, 1\)"):
         TrialConfig.from_dict({"beta1": 1.5})
-    with pytest.raises(ConfigError, match="loss='hinj' is not one of .*did you mean 'hinge'"):
+    with pytest.raises(ConfigError, match=r"loss='hinj' is not one of .*did you mean 'hinge'"):
         TrialConfig.from_dict({"loss": "hinj"})
-    with pytest.raises(ConfigError, match="ngf=64.5 must be an integer"):
+    with pytest.raises(ConfigError, match=r"ngf=64\.5 must be an integer"):
         TrialConfig.from_dict({"ngf": 64.5})
     cfg = TrialConfig.from_dict({"lr_g": "1e-4", "ngf": 32.0})
     assert cfg.lr_g == 1e-4 and cfg.ngf == 32 and isinstance(cfg.ngf, int)

@@ -1,0 +1,55 @@
+"""``python -m orchestrator.train`` end to end on shapes, and its bad-input handling."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from orchestrator.train_cli import main
+
+
+def test_train_cli_on_shapes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    code = main(["shapes", "--resolution", "32", "--steps", "20", "--eval-every", "10", "--fid-n", "40",
+                 "--limit", "500", "--out", str(out), "--seed", "1"])
+    assert code == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step")]
+    assert len(lines) == 2
+    fids = [float(re.search(r"fid40 +([\d.]+)", ln).group(1)) for ln in lines]
+    assert all(0 < f < 1000 for f in fids)
+    assert "img/s" in lines[0] and "D(G(z))" in lines[0]
+    grids = sorted(out.glob("samples_step*.png"))
+    assert [g.name for g in grids] == ["samples_step0000010.png", "samples_step0000020.png"]
+    assert Image.open(grids[0]).size == (8 * 34 + 2, 8 * 34 + 2)  # 8 x 8 images of 32 px, 2 px borders
+    saved = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert saved["step"] == 20 and saved["resolution"] == 32 and saved["channels"] == 3
+    assert saved["best_fid"] == pytest.approx(min(fids), abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["shapez"], "did you mean 'shapes'"),
+        (["shapes", "--resolution", "48"], "resolution"),
+        (["food101", "--data-root", "/nonexistent/place"], "/nonexistent/place"),
+        (["shapes", "--config", "CONFIG"], "unknown key 'lr_gen'"),
+        (["shapes", "--config", "RANGE"], "beta1=2.0 must be in [0, 1)"),
+        (["shapes", "--steps", "0"], "--steps/--epochs must be positive"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("lr_gen: 1.0e-4\n")
+    (tmp_path / "range.yaml").write_text("beta1: 2.0\n")
+    files = {"CONFIG": str(tmp_path / "bad.yaml"), "RANGE": str(tmp_path / "range.yaml")}
+    args = [files.get(a, a) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.train", *args, "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
