@@ -1,0 +1,232 @@
+"""Builds and runs the Tuner for a validated ``Plan``, then summarises: the half of the search that
+imports Ray and MLflow, kept apart so ``--dry-run`` and bad input answer at once."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from orchestrator import data as datasets
+from orchestrator.metrics.fid import reference_stats
+from orchestrator.metrics.inception import load_inception
+from orchestrator.search import Plan, git_commit, print_plan, read_state, write_state
+from orchestrator.train import resolve_device
+from orchestrator.trial import best_fid_key, check_fid_n, fid_key
+
+log = logging.getLogger("orchestrator.search")
+
+# the legacy reporter prints Tune's table with the columns we choose (the FID first)
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+def run_search(plan: Plan, spec: datasets.DataSpec, args: argparse.Namespace, argv: list[str]) -> int:
+    import mlflow
+    import ray
+    from ray import tune
+
+    from orchestrator.tracking import MlflowTrialLogger
+
+    weights = str(args.fid_weights) if args.fid_weights else None
+    # the driver's GPU, when it has one, computes the reference statistics
+    extractor = load_inception(weights, device=resolve_device("auto"))  # fails before any data work
+    print_plan(plan)
+    data = datasets.prepare_dataset(spec, plan.settings.cache_dir)
+    check_fid_n(plan.settings.fid_n, len(data), spec.name)
+    reference = reference_stats(
+        data.images, data.key, plan.settings.fid_n, extractor, plan.settings.cache_dir
+    )
+
+    ray.init(address=args.address, include_dashboard=False, num_cpus=None if args.address else os.cpu_count())
+    tracking_uri = plan.tracking_uri or _local_tracking_uri(plan)
+    client = mlflow.MlflowClient(tracking_uri)
+    identity = {"data_key": data.key, "fid_network": extractor.name, "fid_reference_n": str(reference.n)}
+    state = _parent_run(plan, client, tracking_uri, args, argv, identity)
+    logger = MlflowTrialLogger(tracking_uri, state["experiment_id"], state["parent_run_id"], plan.max_evals)
+
+    from orchestrator.trainable import GanTrainable
+
+    trainable = tune.with_resources(
+        tune.with_parameters(GanTrainable, settings=plan.settings, data=data, reference=reference,
+                             fid_weights=weights),
+        {"cpu": plan.resources["cpu"], "gpu": plan.resources["gpu"]},
+    )
+    started = time.time()
+    try:
+        if args.resume:
+            tuner = tune.Tuner.restore(plan.experiment_dir, trainable, resume_unfinished=True,
+                                       resume_errored=True)
+        else:
+            tuner = tune.Tuner(trainable, tune_config=_tune_config(plan),
+                               run_config=_run_config(plan, logger))
+        results = tuner.fit()
+        return _summarise(plan, results, client, state, time.time() - started)
+    finally:
+        if not args.address:
+            ray.shutdown()  # the local cluster this search started
+
+
+def _local_tracking_uri(plan: Plan) -> str:
+    from orchestrator.tracking import default_tracking_uri
+
+    if "://" in plan.storage:
+        from orchestrator.errors import ConfigError
+
+        raise ConfigError("remote --storage needs --mlflow-uri (a sqlite store cannot live there)")
+    Path(plan.experiment_dir).mkdir(parents=True, exist_ok=True)
+    return default_tracking_uri(Path(plan.experiment_dir))
+
+
+def _parent_run(plan: Plan, client: Any, uri: str, args: argparse.Namespace, argv: list[str],
+                identity: dict[str, str]) -> dict[str, Any]:
+    from orchestrator.tracking import ensure_experiment, start_parent_run
+
+    if args.resume:
+        return read_state(plan)
+    artifact_dir = None if plan.tracking_uri else Path(plan.experiment_dir) / "mlartifacts"
+    experiment_id = ensure_experiment(client, plan.name, artifact_dir)
+    params = {
+        "dataset": plan.settings.dataset, "resolution": plan.settings.resolution,
+        "num_samples": plan.num_samples, "max_evals": plan.max_evals, "eval_every": plan.settings.eval_every,
+        "fid_n": plan.settings.fid_n, "grace_period": plan.grace_period,
+        "reduction_factor": plan.reduction_factor, "seed": plan.settings.seed,
+        "gpus_per_trial": plan.resources["gpu"], "cpus_per_trial": plan.resources["cpu"],
+        "max_concurrent": plan.max_concurrent, "argv": " ".join(argv), **identity,
+    }
+    tags = {"git_commit": git_commit(), "space_file": str(plan.space.path),
+            "metric": best_fid_key(plan.settings), **identity}
+    run_id = start_parent_run(client, experiment_id, plan.name, params, tags)
+    client.log_artifact(run_id, str(plan.space.path), artifact_path="search")
+    state = {"experiment_id": experiment_id, "parent_run_id": run_id, "tracking_uri": uri}
+    write_state(plan, state)
+    return state
+
+
+def _tune_config(plan: Plan) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    from orchestrator.space import make_searcher
+
+    # ASHA ranks a trial on its best FID so far: GAN FID is not monotone, and the checkpoint kept for
+    # a trial is its best, so that is the generator the trial would hand over if stopped now
+    metric = best_fid_key(plan.settings)
+    searcher = make_searcher(plan.space, metric=metric, mode="min", seed=plan.settings.seed)
+    return tune.TuneConfig(
+        search_alg=ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent),
+        scheduler=ASHAScheduler(time_attr="training_iteration", metric=metric, mode="min",
+                                max_t=plan.max_evals, grace_period=plan.grace_period,
+                                reduction_factor=plan.reduction_factor),
+        num_samples=plan.num_samples,
+        reuse_actors=True,
+        trial_dirname_creator=_trial_dirname,
+    )
+
+
+def _run_config(plan: Plan, logger: Any) -> Any:
+    from ray import tune
+
+    key = fid_key(plan.settings)
+    return tune.RunConfig(
+        name=plan.name,
+        storage_path=plan.storage,
+        stop={"training_iteration": plan.max_evals},
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=2, checkpoint_score_attribute=key, checkpoint_score_order="min",
+            checkpoint_frequency=1,
+        ),
+        failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+        callbacks=[logger],
+        progress_reporter=tune.CLIReporter(
+            metric_columns=[key, best_fid_key(plan.settings), "d_loss", "g_loss", "img_per_s",
+                            "training_iteration"],
+            parameter_columns=_leading_params(plan),
+            max_report_frequency=30,
+        ),
+        verbose=1,
+    )
+
+
+def _leading_params(plan: Plan) -> list[str]:
+    """Tune's table has room for a few hyperparameters: the ones people look at first."""
+    first = ["lr_g", "lr_d", "loss", "optimizer", "beta1", "ngf", "ndf", "d_norm"]
+    sampled = plan.space.sampled_keys()
+    return ([k for k in first if k in sampled] + [k for k in sampled if k not in first])[:6]
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"  # short: Tune's default spells out every hyperparameter
+
+
+def results_table(results: Any, plan: Plan) -> pd.DataFrame:
+    """One row per trial: outcome, best FID, evaluations, compute, hyperparameters; sorted by FID."""
+    key, rows = fid_key(plan.settings), []
+    for result in results:
+        history = result.metrics_dataframe
+        fids = history[key] if history is not None and key in history else pd.Series(dtype=float)
+        last = result.metrics or {}
+        evals = int(last.get("training_iteration", 0))
+        outcome = ("failed" if result.error or last.get("diverged") else
+                   "completed" if evals >= plan.max_evals else "stopped_early")
+        rows.append({
+            "trial_id": last.get("trial_id", ""), "outcome": outcome,
+            f"best_{key}": float(fids.min()) if len(fids) else math.inf,
+            f"last_{key}": float(fids.iloc[-1]) if len(fids) else math.inf,
+            "evals": evals, "steps": int(last.get("step", 0)),
+            "seconds": float(last.get("time_total_s", 0.0)),
+            "started": float(last.get("started_at", math.nan)),
+            "ended": float(last.get("reported_at", math.nan)),
+            "failure": last.get("failure", "") or (str(result.error).splitlines()[0] if result.error else ""),
+            **{f"config/{k}": v for k, v in (result.config or {}).items()},
+            "path": result.path,
+        })
+    return pd.DataFrame(rows).sort_values(f"best_{key}", kind="stable").reset_index(drop=True)
+
+
+def _summarise(plan: Plan, results: Any, client: Any, state: dict[str, Any], wall: float) -> int:
+    from mlflow.entities import RunTag
+
+    key = fid_key(plan.settings)
+    table = results_table(results, plan)
+    csv = Path(plan.experiment_dir) / "results.csv" if "://" not in plan.storage else Path("results.csv")
+    table.to_csv(csv, index=False)
+    parent = state["parent_run_id"]
+    client.log_artifact(parent, str(csv))
+    counts = table["outcome"].value_counts().to_dict()
+    device_hours = table["seconds"].sum() / 3600 * (plan.resources["gpu"] or plan.resources["cpu"])
+    unit = "GPU" if plan.resources["gpu"] else "CPU"
+    print(f"\nsearch {plan.name}: {len(table)} trials: {counts.get('completed', 0)} completed, "
+          f"{counts.get('stopped_early', 0)} stopped early, {counts.get('failed', 0)} failed; "
+          f"{device_hours:.3f} {unit}-hours in {wall / 60:.1f} min")
+    finite = table[table[f"best_{key}"].apply(math.isfinite)]
+    if finite.empty:
+        print("no trial produced a finite FID")
+        return 1
+    best = finite.iloc[0]
+    best_run = _child_run(client, state, best["trial_id"])
+    client.log_batch(parent, tags=[RunTag("best_trial", str(best["trial_id"])),
+                                   RunTag("best_run_id", best_run or ""),
+                                   RunTag(f"best_{key}", f"{best[f'best_{key}']:.4f}")])
+    config: dict[str, Any] = next(
+        (r.config for r in results if (r.metrics or {}).get("trial_id") == best["trial_id"]), {}
+    )
+    print(f"best trial {best['trial_id']}: {key} {best[f'best_{key}']:.3f}")
+    print(f"  config: {json.dumps(config, default=str)}")
+    print(f"  checkpoints and sample grids: {best['path']}")
+    print(f"  MLflow: parent run {parent}, trial run {best_run}")
+    print(f"  results table: {csv}")
+    print(f"  view: mlflow ui --backend-store-uri {state['tracking_uri']}")
+    return 0
+
+
+def _child_run(client: Any, state: dict[str, Any], trial_id: str) -> str | None:
+    runs = client.search_runs([state["experiment_id"]], filter_string=f"tags.trial_id = '{trial_id}'")
+    return runs[0].info.run_id if runs else None

@@ -1,0 +1,243 @@
+"""``python -m orchestrator.search DATASET``: sample GAN hyperparameters with Optuna (TPE), stop poor
+trials with ASHA on FID, track everything in MLflow.
+
+Flow: parse -> validate (space, data, weights; exit 2 on bad input) -> prepare the data cache and the
+real-image FID statistics once -> Tuner -> summary. ``--resume`` continues an interrupted search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from orchestrator import data as datasets
+from orchestrator.cli import run_main
+from orchestrator.config import RunSettings, default_cache_dir
+from orchestrator.errors import ConfigError
+from orchestrator.space import SearchSpace, describe, load_space, space_path
+
+log = logging.getLogger("orchestrator.search")
+
+STATE_FILE = "orchestrator.json"  # beside Tune's experiment state: the MLflow ids of this search
+# one trial at a time, so the weak second start point meets the first at the first rung
+SMOKE = {"num_samples": 4, "max_evals": 3, "grace_period": 1, "reduction_factor": 2, "eval_every": 40,
+         "fid_n": 128, "limit": 2000, "max_concurrent": 1}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m orchestrator.search", description=__doc__.split("\n")[0])
+    p.add_argument("dataset", help=f"one of {', '.join(datasets.DATASETS)} or folder:PATH")
+    p.add_argument("--space", type=Path, help="search-space YAML (default search_spaces/DATASET.yaml)")
+    p.add_argument("--num-samples", type=int, help="trials to sample (default 16)")
+    p.add_argument("--max-evals", type=int, help="evaluations per trial at most (ASHA max_t; space default)")
+    p.add_argument("--eval-every", type=int, help="generator steps per evaluation (space default)")
+    p.add_argument("--fid-n", type=int, help="images per FID (space default)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 (default: 0.25 "
+                   "when a GPU is visible, else 0)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPU share per trial (default 1 with a GPU, "
+                   "else the cores divided among the concurrent trials)")
+    p.add_argument("--max-concurrent", type=int, help="trials running at once (default 4)")
+    p.add_argument("--max-failures", type=int, default=3,
+                   help="restarts of a crashed trial from its last checkpoint (default 3)")
+    p.add_argument("--storage", default="runs", help="Tune storage: a folder or a URI such as s3://bucket/x")
+    p.add_argument("--mlflow-uri", help="tracking server, e.g. http://127.0.0.1:5000 (default: a sqlite file "
+                   "beside the results)")
+    p.add_argument("--name", help="experiment name (default DATASET-TIME; with --resume: the latest)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search of that name")
+    p.add_argument("--seed", type=int, default=0, help="seeds Optuna and every trial")
+    p.add_argument("--address", help="an existing Ray cluster (default: start a local one)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved search and exit")
+    p.add_argument("--smoke-test", action="store_true", help="tiny: 4 trials, few steps, small FID")
+    p.add_argument("--download", action="store_true", help="let torchvision fetch a missing dataset")
+    p.add_argument("--data-root", type=Path, help="folder holding the dataset's files")
+    p.add_argument("--classes", help="comma-separated class subset, e.g. pizza,sushi")
+    p.add_argument("--limit", type=int, help="use at most this many training images")
+    p.add_argument("--fid-weights", type=Path, help="FID Inception weights (default: search)")
+    p.add_argument("--cache-dir", type=Path, help="decoded data and FID statistics")
+    return p.parse_args(argv)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything the search will do, resolved from the arguments and the space file."""
+
+    space: SearchSpace
+    settings: RunSettings
+    num_samples: int
+    max_evals: int
+    grace_period: int
+    reduction_factor: float
+    max_concurrent: int
+    max_failures: int
+    resources: dict[str, float]
+    storage: str
+    name: str
+    tracking_uri: str | None
+
+    @property
+    def experiment_dir(self) -> str:
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    space = load_space(space_path(args.dataset, args.space))
+    budget, smoke = space.budget, SMOKE if args.smoke_test else {}
+    if args.smoke_test:
+        space = _with_weak_start(space)
+    for flag in ("num_samples", "max_evals", "eval_every", "fid_n", "max_concurrent", "cpus_per_trial"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} {value} must be positive")
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else _default_gpu_share(args.address)
+    if not 0 <= gpus <= 8:
+        raise ConfigError(f"--gpus-per-trial {gpus} must be in [0, 8]")
+    settings = RunSettings(
+        dataset=args.dataset,
+        resolution=space.resolution,
+        data_root=args.data_root,
+        cache_dir=args.cache_dir or default_cache_dir(),
+        download=args.download,
+        classes=tuple(args.classes.split(",")) if args.classes else None,
+        max_images=args.limit or smoke.get("limit"),
+        eval_every=args.eval_every or smoke.get("eval_every") or budget.eval_every,
+        fid_n=args.fid_n or smoke.get("fid_n") or budget.fid_n,
+        seed=args.seed,
+        device="cuda" if gpus > 0 else "cpu",
+    )
+    max_evals = args.max_evals or smoke.get("max_evals") or budget.max_evals
+    max_concurrent = args.max_concurrent or smoke.get("max_concurrent") or 4
+    cpus = args.cpus_per_trial or (1.0 if gpus else float(max(1, (os.cpu_count() or 1) // max_concurrent)))
+    storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
+    return Plan(
+        space=space,
+        settings=settings,
+        num_samples=args.num_samples or smoke.get("num_samples") or 16,
+        max_evals=max_evals,
+        grace_period=min(smoke.get("grace_period") or budget.grace_period, max_evals),
+        reduction_factor=smoke.get("reduction_factor") or budget.reduction_factor,
+        max_concurrent=max_concurrent,
+        max_failures=args.max_failures,
+        resources={"cpu": cpus, "gpu": gpus},
+        storage=storage,
+        name=_experiment_name(args, storage),
+        tracking_uri=args.mlflow_uri,
+    )
+
+
+def _with_weak_start(space: SearchSpace) -> SearchSpace:
+    """The smoke test must show ASHA stopping a trial: after the first start point, run one that
+    barely learns (both learning rates at the space's floor), so it trails at the first rung."""
+    if not space.start:
+        return space
+    floors = {p.name: p.distribution.low for p in space.params if p.name in ("lr_g", "lr_d")}  # type: ignore[attr-defined]
+    return dataclasses.replace(space, start=(space.start[0], {**space.start[0], **floors}))
+
+
+def _default_gpu_share(address: str | None) -> float:
+    import torch
+
+    # 4 trials per GPU: small GANs leave a GPU mostly idle (see bench/RESULTS.md)
+    return 0.25 if address or torch.cuda.is_available() else 0.0
+
+
+def _experiment_name(args: argparse.Namespace, storage: str) -> str:
+    if args.name:
+        return args.name
+    if args.resume and "://" not in storage:
+        stem = args.dataset.replace(":", "_").replace("/", "_")
+        found = sorted(Path(storage).glob(f"{stem}-*"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise ConfigError(f"--resume: no search of {args.dataset!r} under {storage}; pass --name")
+        return found[-1].name
+    if args.resume:
+        raise ConfigError("--resume with remote --storage needs --name")
+    return f"{args.dataset.replace(':', '_').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def print_plan(plan: Plan) -> None:
+    from orchestrator.trial import best_fid_key
+
+    print(describe(plan.space))
+    print(f"metric: {best_fid_key(plan.settings)} (min), FID on {plan.settings.fid_n} images, eval seed "
+          f"{plan.settings.eval_seed}")
+    print(f"scheduler: ASHA time_attr=training_iteration (1 = {plan.settings.eval_every} generator steps) "
+          f"max_t={plan.max_evals} grace_period={plan.grace_period} "
+          f"reduction_factor={plan.reduction_factor}")
+    print(f"trials: {plan.num_samples}, at most {plan.max_concurrent} at once, each "
+          f"{plan.resources['cpu']:g} CPU + {plan.resources['gpu']:g} GPU")
+    print(f"results: {plan.experiment_dir}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = make_plan(args)
+    spec = datasets.DataSpec(
+        name=plan.settings.dataset, split="train", resolution=plan.settings.resolution,
+        root=plan.settings.data_root, limit=plan.settings.max_images, classes=plan.settings.classes,
+        download=plan.settings.download,
+    )
+    datasets.validate(spec)
+    if args.resume:
+        _check_resumable(plan)
+    if args.dry_run:
+        print_plan(plan)
+        return 0
+    from orchestrator.runner import run_search  # heavy imports (ray, mlflow) only past validation
+
+    return run_search(plan, spec, args, argv=list(argv) if argv is not None else sys.argv[1:])
+
+
+def _check_resumable(plan: Plan) -> None:
+    if "://" not in plan.storage and not (Path(plan.experiment_dir) / STATE_FILE).exists():
+        raise ConfigError(f"--resume: {plan.experiment_dir} holds no search to resume")
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def write_state(plan: Plan, state: dict[str, Any]) -> None:
+    if "://" in plan.storage:
+        import pyarrow.fs as pafs
+
+        fs, path = pafs.FileSystem.from_uri(f"{plan.experiment_dir}/{STATE_FILE}")
+        with fs.open_output_stream(path) as out:
+            out.write(json.dumps(state).encode())
+        return
+    folder = Path(plan.experiment_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, folder / STATE_FILE)
+
+
+def read_state(plan: Plan) -> dict[str, Any]:
+    if "://" in plan.storage:
+        import pyarrow.fs as pafs
+
+        fs, path = pafs.FileSystem.from_uri(f"{plan.experiment_dir}/{STATE_FILE}")
+        with fs.open_input_stream(path) as stream:
+            return json.loads(stream.read())
+    return json.loads((Path(plan.experiment_dir) / STATE_FILE).read_text())
+
+
+def cli_main(argv: Sequence[str] | None = None) -> int:
+    return run_main(main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())

@@ -1,0 +1,185 @@
+"""Everything MLflow: a parent run per search, a nested child run per trial, metrics with steps,
+sample grids at every evaluation, the final generator, outcome tags.
+
+All logging happens on the driver, in a Tune callback: one writer for the (default sqlite) store,
+trials never need to reach the tracking server, and a trial that Tune restarts from a checkpoint
+keeps its one MLflow run (found again by its trial id) without logging any step twice.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from PIL import Image
+from ray import tune
+
+from orchestrator.config import TrialConfig
+
+log = logging.getLogger(__name__)
+
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "trial_id"
+IMAGE_KEY = "samples"  # flat: keys with "/" have produced unreadable image artifacts in MLflow
+COMPLETED, STOPPED, FAILED = "completed", "stopped_early", "failed"
+
+
+def default_tracking_uri(experiment_dir: Path) -> str:
+    """The embedded store: a sqlite file beside the Tune results."""
+    return f"sqlite:///{(experiment_dir / 'mlflow.db').resolve()}"
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_dir: Path | None) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = artifact_dir.resolve().as_uri() if artifact_dir is not None else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def start_parent_run(
+    client: MlflowClient, experiment_id: str, name: str, params: Mapping[str, Any], tags: Mapping[str, str]
+) -> str:
+    run = client.create_run(experiment_id, run_name=name, tags={"role": "search", **tags})
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    return run.info.run_id
+
+
+class MlflowTrialLogger(tune.Callback):
+    """Logs each trial into a child run of ``parent_run_id``. Picklable: Tune stores callbacks with
+    the experiment state, so the client is made lazily."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_evals: int) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.max_evals = max_evals
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] = {}  # trial id -> run id
+        self._logged: dict[str, int] = {}  # trial id -> last step whose metrics are logged
+        self._imaged: dict[str, int] = {}  # trial id -> last step whose sample grid is logged
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def run_id(self, trial: Any) -> str:
+        """The trial's one child run: created once, found again after any restart."""
+        if trial.trial_id in self._runs:
+            return self._runs[trial.trial_id]
+        query = f"tags.{TRIAL_TAG} = '{trial.trial_id}' and tags.`{PARENT_TAG}` = '{self.parent_run_id}'"
+        found = self.client.search_runs([self.experiment_id], filter_string=query)
+        if found:
+            run_id = found[0].info.run_id
+            history = self.client.get_metric_history(run_id, "step")
+            last = max((int(m.value) for m in history), default=-1)
+        else:
+            run_id, last = self._create_run(trial), -1
+        self._logged[trial.trial_id] = self._imaged[trial.trial_id] = last
+        self._runs[trial.trial_id] = run_id
+        return run_id
+
+    def _create_run(self, trial: Any) -> str:
+        tags = {PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, "role": "trial"}
+        run = self.client.create_run(self.experiment_id, run_name=str(trial), tags=tags)
+        # every hyperparameter, the defaults a search did not vary included
+        params = TrialConfig.from_dict(trial.config).to_dict()
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        return run.info.run_id
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.run_id(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        run_id, step = self.run_id(trial), int(result.get("step", 0))
+        if step <= self._logged[trial.trial_id]:
+            return  # already logged before a restart: the resumed trial recomputes the same numbers
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(key, float(value), now, step)
+            for key, value in result.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and _is_metric(key)
+        ]
+        self.client.log_batch(run_id, metrics=metrics)
+        self._logged[trial.trial_id] = step
+        if result.get("failure"):
+            self._tag(trial, {"outcome": FAILED, "failure_reason": str(result["failure"])})
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        from orchestrator.trainable import GRID_FILE, REPORT_FILE
+
+        report = _read_json(checkpoint, REPORT_FILE)
+        png = _read_bytes(checkpoint, GRID_FILE)
+        step = int(report.get("step", -1)) if report else -1
+        if png is None or step < 0:
+            return
+        run_id = self.run_id(trial)
+        if step <= self._imaged[trial.trial_id]:
+            return
+        self.client.log_image(run_id, Image.open(io.BytesIO(png)), key=IMAGE_KEY, step=step)
+        self._imaged[trial.trial_id] = step
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        result = trial.last_result or {}
+        if result.get("failure"):
+            outcome = FAILED
+        elif result.get("training_iteration", 0) >= self.max_evals:
+            outcome = COMPLETED
+        else:
+            outcome = STOPPED  # ended before the budget without failing: a scheduler or stopper
+        self._tag(trial, {"outcome": outcome})
+        self._log_generator(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        reason = (getattr(trial, "error_message", None) or "error").strip().splitlines()
+        self._tag(trial, {"outcome": FAILED, "failure_reason": reason[-1][:5000] if reason else "error"})
+
+    def _tag(self, trial: Any, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self.run_id(trial), tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def _log_generator(self, trial: Any) -> None:
+        from orchestrator.trainable import GENERATOR_FILE
+
+        checkpoint = trial.checkpoint
+        if checkpoint is None:
+            return
+        with checkpoint.as_directory() as folder:
+            path = Path(folder) / GENERATOR_FILE
+            if path.exists():
+                self.client.log_artifact(self.run_id(trial), str(path), artifact_path="checkpoint")
+
+
+def _is_metric(key: str) -> bool:
+    skip = {"done", "training_iteration", "timesteps_total", "episodes_total", "pid", "timestamp",
+            "time_since_restore", "iterations_since_restore", "timesteps_since_restore", "diverged",
+            "started_at", "reported_at"}
+    return key not in skip and not key.startswith("config")
+
+
+def _read_bytes(checkpoint: Any, name: str) -> bytes | None:
+    try:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{name}") as stream:
+            return stream.read()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _read_json(checkpoint: Any, name: str) -> dict[str, Any] | None:
+    import json
+
+    raw = _read_bytes(checkpoint, name)
+    if raw is None:
+        return None
+    return json.loads(raw, parse_constant=lambda c: {"Infinity": math.inf, "-Infinity": -math.inf}.get(c))

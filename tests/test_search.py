@@ -1,0 +1,196 @@
+"""The search end to end on CPU: the smoke search against a real MLflow tracking server, a search
+killed mid-run and resumed, concurrency, and bad input. Each real search takes a few minutes here."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from orchestrator.search import main
+
+FID = "fid128"  # the smoke test's FID: 128 images
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path):
+    """A real tracking server on 127.0.0.1: sqlite backend, artifacts proxied to a local folder."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start")
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def _children(client: MlflowClient, experiment_id: str, parent: str) -> list:
+    return client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+
+
+def _steps(client: MlflowClient, run_id: str) -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, FID)]
+
+
+def test_smoke_search_against_tracking_server(tmp_path: Path, mlflow_server: str) -> None:
+    storage = tmp_path / "runs"
+    code = main(["shapes", "--smoke-test", "--storage", str(storage), "--name", "smoke",
+                 "--mlflow-uri", mlflow_server])
+    assert code == 0
+    state = json.loads((storage / "smoke" / "orchestrator.json").read_text())
+    client = MlflowClient(mlflow_server)
+    parent = client.get_run(state["parent_run_id"])
+    assert parent.data.params["dataset"] == "shapes" and parent.data.tags["metric"] == f"{FID}_best"
+    children = _children(client, state["experiment_id"], parent.info.run_id)
+    assert len(children) == 4  # one run per trial, no more
+    outcomes = [c.data.tags.get("outcome") for c in children]
+    assert "stopped_early" in outcomes and "completed" in outcomes, outcomes
+    for child in children:
+        assert float(child.data.params["lr_g"]) > 0 and child.data.params["loss"]
+        steps = _steps(client, child.info.run_id)
+        assert steps and steps == sorted(set(steps)) and all(s % 40 == 0 for s in steps), steps
+        images = [a.path for a in client.list_artifacts(child.info.run_id, "images")]
+        assert any("samples" in p and p.endswith(".png") for p in images), images
+    completed = [c for c in children if c.data.tags["outcome"] == "completed"]
+    assert all(_steps(client, c.info.run_id) == [40, 80, 120] for c in completed)
+    assert [c.data.tags.get("outcome") for c in children].count("stopped_early") >= 1
+    best = parent.data.tags["best_run_id"]
+    assert best in {c.info.run_id for c in children}
+    best_fid = min(m.value for m in client.get_metric_history(best, FID))
+    assert float(parent.data.tags[f"best_{FID}"]) == pytest.approx(best_fid, abs=1e-3)
+    assert "results.csv" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    # the same runs through the server's REST API, as any other client sees them
+    body = json.dumps({"experiment_ids": [state["experiment_id"]]}).encode()
+    request = urllib.request.Request(f"{mlflow_server}/api/2.0/mlflow/runs/search", data=body,
+                                     headers={"Content-Type": "application/json"})
+    runs = json.loads(urllib.request.urlopen(request, timeout=10).read())["runs"]
+    assert len(runs) == 5
+
+
+def _completed_trials(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=1) as con:
+            rows = con.execute("select count(*) from tags where key = 'outcome' and value = 'completed'")
+            return rows.fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_killed_search_resumes_without_rerunning(tmp_path: Path) -> None:
+    storage, name = tmp_path / "runs", "killed"
+    args = ["shapes", "--smoke-test", "--storage", str(storage), "--name", name]
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.search", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    db = storage / name / "mlflow.db"
+    deadline = time.time() + 600
+    while _completed_trials(db) < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(2)
+    time.sleep(5)  # into the second trial
+    assert proc.poll() is None, "the search ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    client = MlflowClient(f"sqlite:///{db}")
+    state = json.loads((storage / name / "orchestrator.json").read_text())
+    before = {c.data.tags["trial_id"]: _steps(client, c.info.run_id)
+              for c in _children(client, state["experiment_id"], state["parent_run_id"])}
+
+    assert main([*args, "--resume"]) == 0
+    children = _children(client, state["experiment_id"], state["parent_run_id"])
+    assert len(children) == 4 and len({c.data.tags["trial_id"] for c in children}) == 4
+    for child in children:
+        steps = _steps(client, child.info.run_id)
+        assert steps == sorted(set(steps)), f"duplicate or unordered steps {steps}"
+        assert child.data.tags.get("outcome") in {"completed", "stopped_early"}
+    finished = [t for t, steps in before.items() if steps == [40, 80, 120]]
+    assert finished, before
+    after = {c.data.tags["trial_id"]: c for c in children}
+    for trial in finished:  # a finished trial is not run again: same history, same single run
+        assert _steps(client, after[trial].info.run_id) == [40, 80, 120]
+    table = pd.read_csv(storage / name / "results.csv")
+    assert len(table) == 4 and set(table["trial_id"]) == set(after)
+
+
+def test_dry_run_prints_plan_and_starts_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["shapes", "--dry-run", "--storage", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "metric: fid2k_best (min)" in out and "ASHA" in out and "lr_g" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["shapez", "--dry-run"], "did you mean 'shapes'"),
+        (["shapes", "--dry-run", "--num-samples", "0"], "--num-samples 0 must be positive"),
+        (["shapes", "--dry-run", "--gpus-per-trial", "-1"], "--gpus-per-trial -1"),
+        (["shapes", "--resume", "--name", "nothing-here"], "holds no search to resume"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.search", *argv, "--storage", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_bad_space_file_is_one_line(tmp_path: Path) -> None:
+    space = tmp_path / "bad.yaml"
+    space.write_text((Path(__file__).parents[1] / "search_spaces" / "shapes.yaml").read_text()
+                     .replace("lr_g: {loguniform: [1.0e-5, 1.0e-3]}", "lr_g: {loguniform: [0, 1.0e-3]}"))
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.search", "shapes", "--space", str(space),
+                           "--dry-run"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "bad.yaml" in proc.stderr and "lr_g" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_trials_really_run_concurrently_within_the_limit(tmp_path: Path) -> None:
+    """OptunaSearch has been seen serialising trials (ray#46965): measure the overlap."""
+    storage = tmp_path / "runs"
+    code = main(["shapes", "--storage", str(storage), "--name", "conc", "--num-samples", "4",
+                 "--max-concurrent", "2", "--cpus-per-trial", "1", "--max-evals", "1", "--eval-every", "30",
+                 "--fid-n", "32", "--limit", "500"])
+    assert code == 0
+    table = pd.read_csv(storage / "conc" / "results.csv")
+    assert len(table) == 4 and (table["evals"] == 1).all()
+    events = sorted([(t, 1) for t in table["started"]] + [(t, -1) for t in table["ended"]],
+                    key=lambda e: (e[0], e[1]))
+    running, most = 0, 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    assert most == 2, table[["trial_id", "started", "ended"]]
+    assert table["config/lr_g"].nunique() == 4  # four different samples, not one repeated
