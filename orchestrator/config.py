@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from orchestrator.errors import ConfigError, did_you_mean
+from orchestrator.health import HealthConfig
 
 LOSSES = ("bce", "wgan", "wgan-gp", "hinge", "lsgan")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
@@ -111,6 +112,7 @@ class RunSettings:
     eval_seed: int = 12345  # fixes the latents of every FID and every image grid
     seed: int = 0  # fixes weights and data order
     device: str = "auto"  # "auto" picks cuda when present
+    health: HealthConfig = field(default_factory=HealthConfig)  # failure-detector thresholds
 
     def __post_init__(self) -> None:
         if self.resolution not in RESOLUTIONS:

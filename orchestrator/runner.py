@@ -15,9 +15,10 @@ from typing import Any
 import pandas as pd
 
 from orchestrator import data as datasets
-from orchestrator.metrics.fid import reference_stats
+from orchestrator.metrics.diversity import real_reference
 from orchestrator.metrics.inception import load_inception
 from orchestrator.search import Plan, git_commit, print_plan, read_state, write_state
+from orchestrator.space_schema import walk_params
 from orchestrator.train import resolve_device
 from orchestrator.trial import best_fid_key, check_fid_n, fid_key
 
@@ -40,8 +41,9 @@ def run_search(plan: Plan, spec: datasets.DataSpec, args: argparse.Namespace, ar
     print_plan(plan)
     data = datasets.prepare_dataset(spec, plan.settings.cache_dir)
     check_fid_n(plan.settings.fid_n, len(data), spec.name)
-    reference = reference_stats(
-        data.images, data.key, plan.settings.fid_n, extractor, plan.settings.cache_dir
+    reference, real_ref = real_reference(
+        data.images, data.key, plan.settings.fid_n, extractor, plan.settings.cache_dir,
+        device=extractor.device,
     )
 
     ray.init(address=args.address, include_dashboard=False, num_cpus=None if args.address else os.cpu_count())
@@ -55,7 +57,7 @@ def run_search(plan: Plan, spec: datasets.DataSpec, args: argparse.Namespace, ar
 
     trainable = tune.with_resources(
         tune.with_parameters(GanTrainable, settings=plan.settings, data=data, reference=reference,
-                             fid_weights=weights),
+                             real_ref=real_ref, fid_weights=weights),
         {"cpu": plan.resources["cpu"], "gpu": plan.resources["gpu"]},
     )
     started = time.time()
@@ -174,10 +176,10 @@ def results_table(results: Any, plan: Plan) -> pd.DataFrame:
         fids = history[key] if history is not None and key in history else pd.Series(dtype=float)
         last = result.metrics or {}
         evals = int(last.get("training_iteration", 0))
-        outcome = ("failed" if result.error or last.get("diverged") else
-                   "completed" if evals >= plan.max_evals else "stopped_early")
+        mode = last.get("failure_mode") or ("error" if result.error else "")
+        outcome = "failed" if mode else "completed" if evals >= plan.max_evals else "stopped_early"
         rows.append({
-            "trial_id": last.get("trial_id", ""), "outcome": outcome,
+            "trial_id": last.get("trial_id", ""), "outcome": outcome, "failure_mode": mode,
             f"best_{key}": float(fids.min()) if len(fids) else math.inf,
             f"last_{key}": float(fids.iloc[-1]) if len(fids) else math.inf,
             "evals": evals, "steps": int(last.get("step", 0)),
@@ -206,10 +208,15 @@ def _summarise(plan: Plan, results: Any, client: Any, state: dict[str, Any], wal
     print(f"\nsearch {plan.name}: {len(table)} trials: {counts.get('completed', 0)} completed, "
           f"{counts.get('stopped_early', 0)} stopped early, {counts.get('failed', 0)} failed; "
           f"{device_hours:.3f} {unit}-hours in {wall / 60:.1f} min")
-    finite = table[table[f"best_{key}"].apply(math.isfinite)]
+    modes = table.loc[table["failure_mode"] != "", "failure_mode"].value_counts().to_dict()
+    if modes:
+        print("  failures: " + ", ".join(f"{n} {mode}" for mode, n in modes.items()))
+    # a failed trial never wins, even if its FID was good before it collapsed
+    finite = table[table[f"best_{key}"].apply(math.isfinite) & (table["outcome"] != "failed")]
     if finite.empty:
         print("no trial produced a finite FID")
         return 1
+    _log_search_plots(plan, results, table, client, parent)
     best = finite.iloc[0]
     best_run = _child_run(client, state, best["trial_id"])
     client.log_batch(parent, tags=[RunTag("best_trial", str(best["trial_id"])),
@@ -225,6 +232,32 @@ def _summarise(plan: Plan, results: Any, client: Any, state: dict[str, Any], wal
     print(f"  results table: {csv}")
     print(f"  view: mlflow ui --backend-store-uri {state['tracking_uri']}")
     return 0
+
+
+def _log_search_plots(plan: Plan, results: Any, table: pd.DataFrame, client: Any, parent: str) -> None:
+    """FID over time for every trial, Optuna's parameter importance and the best trials' parallel
+    coordinates, on the parent run."""
+    import tempfile
+
+    from orchestrator import plots
+
+    key = fid_key(plan.settings)
+    histories = {
+        str((r.metrics or {}).get("trial_id", i)): r.metrics_dataframe
+        for i, r in enumerate(results) if r.metrics_dataframe is not None
+    }
+    outcomes = dict(zip(table["trial_id"].astype(str), table["outcome"], strict=True))
+    distributions = {p.name: p.distribution for p, _ in walk_params(plan.space.params)}
+    study = plots.study_from_results(table, list(distributions), distributions, f"best_{key}")
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder)
+        plots.fid_over_time(histories, key, outcomes, out / "fid_over_time.png")
+        importance = plots.param_importance(study, out / "param_importance.png")
+        plots.parallel_coordinates(study, out / "parallel_coordinates.png")
+        client.log_artifacts(parent, folder, artifact_path="plots")
+    if importance:
+        ranked = sorted(importance.items(), key=lambda kv: -kv[1])[:5]
+        print("  hyperparameter importance: " + ", ".join(f"{k} {v:.2f}" for k, v in ranked))
 
 
 def _child_run(client: Any, state: dict[str, Any], trial_id: str) -> str | None:

@@ -112,6 +112,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         fid_n=args.fid_n or smoke.get("fid_n") or budget.fid_n,
         seed=args.seed,
         device="cuda" if gpus > 0 else "cpu",
+        health=space.health,
     )
     max_evals = args.max_evals or smoke.get("max_evals") or budget.max_evals
     max_concurrent = args.max_concurrent or smoke.get("max_concurrent") or 4

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ import optuna
 import orchestrator
 from orchestrator.config import TrialConfig
 from orchestrator.errors import ConfigError, SearchSpaceError, did_you_mean
+from orchestrator.health import HealthConfig
 from orchestrator.space_schema import (
     Budget,
     Param,
@@ -46,6 +47,7 @@ class SearchSpace:
     params: tuple[Param, ...]
     start: tuple[Mapping[str, Any], ...]
     raw: Mapping[str, Any]  # the parsed YAML, logged as an artifact
+    health: HealthConfig = field(default_factory=HealthConfig)  # failure-detector thresholds
 
     @property
     def conditional(self) -> bool:
@@ -90,7 +92,11 @@ def load_space(path: Path) -> SearchSpace:
     """Parse and validate ``path``; every problem is a one-line SearchSpaceError."""
     path = Path(path)
     resolution, budget, fixed, params, start, raw = parse_space(path)
-    return SearchSpace(path, resolution, budget, fixed, params, start, raw)
+    health = raw.get("health") or {}
+    if not isinstance(health, Mapping):
+        raise SearchSpaceError(f"{path}: health: expected a mapping of thresholds, got {health!r}")
+    return SearchSpace(path, resolution, budget, fixed, params, start, raw,
+                       HealthConfig.from_dict(health, str(path)))
 
 
 def space_path(dataset: str, override: Path | None = None) -> Path:

@@ -29,7 +29,7 @@ from orchestrator.config import RESOLUTIONS, TrialConfig
 from orchestrator.errors import ConfigError, SearchSpaceError, did_you_mean
 
 # a future `health:` section (failure-detector thresholds) is one more name here and one parser
-TOP_LEVEL_KEYS = ("resolution", "budget", "fixed", "params", "start")
+TOP_LEVEL_KEYS = ("resolution", "budget", "fixed", "params", "start", "health")
 REQUIRED_KEYS = ("resolution", "budget", "params")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 OPTIONS = {"choice": ("when",), "uniform": (), "loguniform": (), "int": ("step", "log")}

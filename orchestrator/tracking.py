@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -115,11 +116,16 @@ class MlflowTrialLogger(tune.Callback):
         self.client.log_batch(run_id, metrics=metrics)
         self._logged[trial.trial_id] = step
         if result.get("failure"):
-            self._tag(trial, {"outcome": FAILED, "failure_reason": str(result["failure"])})
+            tags = {"outcome": FAILED, "failure_reason": str(result["failure"]),
+                    "failure_mode": str(result.get("failure_mode") or "diverged")}
+            evidence = result.get("evidence") or {}
+            tags.update({f"evidence.{k}": f"{v:.6g}" for k, v in evidence.items()})
+            self._tag(trial, tags)
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         from orchestrator.trainable import GRID_FILE, REPORT_FILE
 
+        self._log_curves(trial, checkpoint)
         report = _read_json(checkpoint, REPORT_FILE)
         png = _read_bytes(checkpoint, GRID_FILE)
         step = int(report.get("step", -1)) if report else -1
@@ -130,6 +136,17 @@ class MlflowTrialLogger(tune.Callback):
             return
         self.client.log_image(run_id, Image.open(io.BytesIO(png)), key=IMAGE_KEY, step=step)
         self._imaged[trial.trial_id] = step
+
+    def _log_curves(self, trial: Any, checkpoint: Any) -> None:
+        """Refresh the trial's loss and metric curves: the same artifact paths, overwritten."""
+        from orchestrator.trainable import CURVE_FILES
+
+        with tempfile.TemporaryDirectory() as folder:
+            for name in CURVE_FILES:
+                png = _read_bytes(checkpoint, name)
+                if png is not None:
+                    (Path(folder) / name).write_bytes(png)
+                    self.client.log_artifact(self.run_id(trial), str(Path(folder) / name), "curves")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}

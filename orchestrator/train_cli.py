@@ -18,7 +18,7 @@ from orchestrator.cli import run_main
 from orchestrator.config import RunSettings, TrialConfig, default_cache_dir
 from orchestrator.errors import ConfigError, TrainingDiverged
 from orchestrator.images import save_png
-from orchestrator.metrics.fid import reference_stats
+from orchestrator.metrics.diversity import real_reference
 from orchestrator.metrics.inception import load_inception
 from orchestrator.train import resolve_device
 from orchestrator.trial import TrialRunner, check_fid_n, fid_key, format_report
@@ -94,7 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     data = datasets.prepare_dataset(spec, settings.cache_dir)
     check_fid_n(settings.fid_n, len(data), spec.name)
-    reference = reference_stats(data.images, data.key, settings.fid_n, extractor, settings.cache_dir)
+    reference, real_ref = real_reference(
+        data.images, data.key, settings.fid_n, extractor, settings.cache_dir, device=device
+    )
     steps_per_epoch = max(1, len(data) // (config.batch_size * config.n_critic))
     total = args.steps or math.ceil((args.epochs or 5) * steps_per_epoch)
     eval_every = min(args.eval_every or steps_per_epoch, total)
@@ -104,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("training %s at %d px on %s: %d steps, evaluating every %d -> %s",
              settings.dataset, settings.resolution, device, total, eval_every, out)
 
-    runner = TrialRunner(config, settings, data, reference, extractor, device)
+    runner = TrialRunner(config, settings, data, reference, extractor, device, real_ref)
     try:
         while runner.step < total:
             runner.train(min(eval_every, total - runner.step))
@@ -112,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_report(report, settings), flush=True)
             save_png(runner.grid(), out / f"samples_step{runner.step:07d}.png")
             runner.save(out / "checkpoint.pt")
+            if runner.verdict is not None:
+                print(f"stopped: {runner.verdict.describe()}; checkpoint and grids in {out}", flush=True)
+                return 1
     except TrainingDiverged as err:
         print(f"diverged: {err}; the last good checkpoint is {out / 'checkpoint.pt'}", flush=True)
         return 1

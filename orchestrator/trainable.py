@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from ray import tune
 from ray.tune.result import DONE
@@ -22,9 +23,12 @@ from ray.tune.result import DONE
 from orchestrator.config import RunSettings, TrialConfig
 from orchestrator.data import CachedDataset
 from orchestrator.errors import TrainingDiverged
+from orchestrator.health import DIVERGED, Verdict
 from orchestrator.images import save_png
+from orchestrator.metrics.diversity import RealReference
 from orchestrator.metrics.fid import FeatureStats
 from orchestrator.metrics.inception import load_inception
+from orchestrator.plots import loss_curves, metric_curves
 from orchestrator.train import resolve_device
 from orchestrator.trial import TrialRunner, best_fid_key, fid_key
 
@@ -34,6 +38,7 @@ STATE_FILE = "state.pt"  # everything needed to resume
 GENERATOR_FILE = "generator.pt"  # the evaluation generator alone, for sampling
 GRID_FILE = "grid.png"  # samples from the fixed grid latents at this checkpoint
 REPORT_FILE = "report.json"  # the metrics reported at this checkpoint
+CURVE_FILES = ("loss_curves.png", "metric_curves.png")  # the trial's history so far, as pictures
 
 
 class GanTrainable(tune.Trainable):
@@ -43,9 +48,10 @@ class GanTrainable(tune.Trainable):
         settings: RunSettings,
         data: CachedDataset,
         reference: FeatureStats,
+        real_ref: RealReference | None = None,
         fid_weights: str | None = None,
     ) -> None:
-        self.settings, self.data, self.reference = settings, data, reference
+        self.settings, self.data, self.reference, self.real_ref = settings, data, reference, real_ref
         # Ray hides all but the trial's GPU (fractions included), so "cuda" is the right one
         self.device = resolve_device(settings.device)
         resources = self.trial_resources
@@ -57,7 +63,8 @@ class GanTrainable(tune.Trainable):
     def _build(self, config: dict[str, Any]) -> None:
         trial_config = TrialConfig.from_dict(config, source=f"trial {self.trial_id}")
         self.runner = TrialRunner(
-            trial_config, self.settings, self.data, self.reference, self.extractor, self.device
+            trial_config, self.settings, self.data, self.reference, self.extractor, self.device,
+            self.real_ref,
         )
         self.last_report: dict[str, Any] = {}
         self.started_at = time.time()  # wall clock, for measuring how trials overlap
@@ -70,21 +77,25 @@ class GanTrainable(tune.Trainable):
             log.warning("trial %s diverged: %s", self.trial_id, err)
             return self._report(
                 {fid_key(self.settings): math.inf, best_fid_key(self.settings): math.inf},
-                diverged=str(err),
+                Verdict(DIVERGED, err.what, {}), reason=str(err),
             )
-        return self._report(self.runner.evaluate(), diverged="")
+        metrics = self.runner.evaluate()
+        found = self.runner.verdict
+        return self._report(metrics, found, reason=found.describe() if found else "")
 
-    def _report(self, metrics: dict[str, float], diverged: str) -> dict[str, Any]:
+    def _report(self, metrics: dict[str, float], verdict: Verdict | None, reason: str) -> dict[str, Any]:
         report: dict[str, Any] = {
             **metrics,
             "step": self.runner.step,
             "started_at": self.started_at,
             "reported_at": time.time(),
-            "diverged": int(bool(diverged)),
-            "failure": diverged,
+            "diverged": int(verdict is not None and verdict.mode == DIVERGED),
+            "failure": reason,
+            "failure_mode": verdict.mode if verdict else "",
+            "evidence": dict(verdict.evidence) if verdict else {},
         }
-        if diverged:
-            report[DONE] = True
+        if verdict is not None:
+            report[DONE] = True  # a dead trial stops now, whatever ASHA would decide later
         self.last_report = report
         return report
 
@@ -103,6 +114,10 @@ class GanTrainable(tune.Trainable):
             folder / GENERATOR_FILE,
         )
         save_png(self.runner.grid(), folder / GRID_FILE)
+        if self.runner.history:
+            history = pd.DataFrame(self.runner.history)
+            loss_curves(history, folder / CURVE_FILES[0])
+            metric_curves(history, fid_key(self.settings), folder / CURVE_FILES[1])
         (folder / REPORT_FILE).write_text(json.dumps(self.last_report, default=float))
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:  # type: ignore[override]

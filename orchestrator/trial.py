@@ -21,10 +21,13 @@ import torch
 from PIL import Image
 
 from orchestrator.config import RunSettings, TrialConfig
+from orchestrator.coverage import decode_shapes, mode_coverage, mode_entropy
 from orchestrator.data import CachedDataset, DeviceImages
 from orchestrator.errors import ConfigError
+from orchestrator.health import Verdict, check
 from orchestrator.images import grid_image
-from orchestrator.metrics.fid import FeatureStats, generated_stats, metric_name
+from orchestrator.metrics.diversity import RealReference, diversity_metrics
+from orchestrator.metrics.fid import MAX_KEEP, FeatureStats, generated_features, metric_name
 from orchestrator.metrics.fid import fid as frechet_from_stats
 from orchestrator.metrics.inception import FeatureExtractor
 from orchestrator.metrics.inception_score import inception_score
@@ -89,8 +92,10 @@ class TrialRunner:
         reference: FeatureStats,
         extractor: FeatureExtractor,
         device: torch.device,
+        real_ref: RealReference | None = None,
     ) -> None:
         self.settings = settings
+        self.real_ref = real_ref  # real features for KID, precision/recall, NDB; None skips them
         self.data = data
         self.reference = reference
         self.extractor = extractor
@@ -103,6 +108,8 @@ class TrialRunner:
         self.grid_latents = fixed_latents(config.nz, GRID_SIZE, settings.eval_seed)
         self.best_fid = math.inf
         self.meter = _Meter()
+        self.history: list[dict[str, float]] = []  # every evaluation's report, for the detectors
+        self.verdict: Verdict | None = None  # set when an evaluation shows the trial has failed
 
     @property
     def step(self) -> int:
@@ -124,8 +131,11 @@ class TrialRunner:
         """Score the generator and return the report, resetting the running means."""
         cfg = self.state.config
         start = time.perf_counter()
-        fake, logits = generated_stats(
-            self._latent_sampler(), self.settings.fid_n, self.extractor, batch_size=EVAL_BATCH
+        decoded: list[np.ndarray] = []
+        # one Inception pass gives FID, IS and the features the diversity metrics need
+        fake, features, logits = generated_features(
+            self._latent_sampler(decoded), self.settings.fid_n, self.extractor, batch_size=EVAL_BATCH,
+            max_keep=MAX_KEEP if self.real_ref is not None else 0,
         )
         value = frechet_from_stats(self.reference, fake)
         self.best_fid = min(self.best_fid, value) if math.isfinite(value) else self.best_fid
@@ -140,19 +150,33 @@ class TrialRunner:
         }
         if logits is not None:
             report["inception_score"], report["inception_score_std"] = inception_score(logits)
+        if self.real_ref is not None:
+            report.update(diversity_metrics(self.real_ref, features))
+        if decoded:
+            labels = np.concatenate(decoded)
+            report["mode_coverage"] = mode_coverage(labels)
+            report["mode_entropy"] = mode_entropy(labels)
+            report["decodable"] = float((labels >= 0).mean())
         report["eval_seconds"] = time.perf_counter() - start
         self.meter = _Meter()
+        self.history.append(report)
+        self.verdict = check(self.history, cfg.loss, self.settings.health)
         return report
 
-    def _latent_sampler(self) -> Callable[[int], torch.Tensor]:
-        """Images from the fixed evaluation latents, taken in order, whatever the batch sizes asked."""
+    def _latent_sampler(self, decoded: list[np.ndarray]) -> Callable[[int], torch.Tensor]:
+        """Images from the fixed evaluation latents, taken in order, whatever the batch sizes asked.
+        On ``shapes`` each batch's drawn classes are decoded into ``decoded`` on the way."""
         offset = 0
+        shapes = self.settings.dataset == "shapes"
 
         def sample(n: int) -> torch.Tensor:
             nonlocal offset
             z = self.eval_latents[offset : offset + n]
             offset += n
-            return generate(self.state, z)
+            images = generate(self.state, z)
+            if shapes:
+                decoded.append(decode_shapes(images))
+            return images
 
         return sample
 
@@ -165,7 +189,7 @@ class TrialRunner:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        torch.save({**state_dict(self.state), "best_fid": self.best_fid}, tmp)
+        torch.save({**state_dict(self.state), "best_fid": self.best_fid, "history": self.history}, tmp)
         os.replace(tmp, path)
         return path
 
@@ -173,6 +197,7 @@ class TrialRunner:
         saved: dict[str, Any] = torch.load(path, map_location=self.state.device, weights_only=False)
         load_state_dict(self.state, saved)
         self.best_fid = saved.get("best_fid", math.inf)
+        self.history = list(saved.get("history", []))
 
 
 def format_report(report: dict[str, float], settings: RunSettings) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import pickle
 
@@ -14,10 +16,13 @@ from orchestrator.errors import ConfigError, DataError
 from orchestrator.metrics import fid as fidlib
 from orchestrator.metrics.fid import (
     FeatureStats,
+    extract_features,
     fid,
     frechet_distance,
+    generated_features,
     generated_stats,
     metric_name,
+    reference_features,
     reference_stats,
 )
 from orchestrator.metrics.inception_score import inception_score
@@ -260,6 +265,74 @@ def test_fid_of_stats_matches_frechet_distance() -> None:
     assert fid(real, fake) == pytest.approx(frechet_distance(*real.mean_cov(), *fake.mean_cov()))
     with pytest.raises(ConfigError):
         metric_name(0)
+
+
+# --- raw features from the same pass
+
+
+def test_extract_features_keeps_positions_across_batches() -> None:
+    x = torch.from_numpy(features(23, 6, 16)).float()
+    net = CountingExtractor()
+    images = [x[i : i + 5, :, None, None].reshape(-1, 3, 2, 1) for i in range(0, 23, 5)]  # 5,5,5,5,3
+    want = np.array([0, 4, 5, 11, 22])
+    stats, kept, logits = extract_features(images, net, want)
+    everything = torch.cat([net(batch)[0] for batch in images])
+    assert torch.equal(kept, everything[want]) and logits is None and stats.n == 23
+    np.testing.assert_allclose(stats.mean_cov()[1], extract_stats_of(everything).mean_cov()[1], atol=1e-12)
+    assert extract_features(images, net, np.zeros(0, np.int64))[1].shape == (0, 6)
+
+
+def extract_stats_of(x: torch.Tensor) -> FeatureStats:
+    stats = FeatureStats(x.shape[1])
+    stats.update(x)
+    return stats
+
+
+def test_generated_features_keep_the_first_images() -> None:
+    torch.manual_seed(0)
+    pool = torch.rand(30, 3, 4, 4) * 2 - 1
+    offset = 0
+
+    def sample(b: int) -> torch.Tensor:
+        nonlocal offset
+        offset += b
+        return pool[offset - b : offset]
+
+    stats, kept, logits = generated_features(
+        sample, 30, CountingExtractor(classes=3), batch_size=8, max_keep=12
+    )
+    assert kept.shape == (12, 6) and torch.equal(kept, CountingExtractor()(pool[:12])[0])
+    assert stats.n == 30 and logits is not None and logits.shape == (30, 3)
+    offset = 0
+    plain, _ = generated_stats(sample, 30, CountingExtractor(), batch_size=8)
+    np.testing.assert_array_equal(plain.mean_cov()[1], stats.mean_cov()[1])
+
+
+def test_reference_features_one_pass_then_cached(tmp_path) -> None:
+    images = np.random.default_rng(2).integers(0, 256, (40, 3, 4, 4), dtype=np.uint8)
+    net = CountingExtractor()
+    stats, kept = reference_features(
+        images, "toy", 30, net, tmp_path, batch_size=7, progress=False, max_keep=10
+    )
+    assert (stats.n, net.seen, kept.shape, kept.dtype) == (30, 30, (10, 6), torch.float32)  # one pass
+    index = fidlib.select(40, 30)[fidlib.select(30, 10)]  # a seeded subset of the reference images
+    expected = net(torch.from_numpy(images[index]).float() / 127.5 - 1)[0]
+    torch.testing.assert_close(kept, expected)
+    net.seen = 0
+    again_stats, again = reference_features(images, "toy", 30, net, tmp_path, progress=False, max_keep=10)
+    assert net.seen == 0 and torch.equal(again, kept)  # both from the cache
+    np.testing.assert_array_equal(again_stats.mean_cov()[1], stats.mean_cov()[1])
+    reference_features(images, "toy", 30, net, tmp_path, progress=False, max_keep=5)
+    assert net.seen == 5  # statistics cached: only the kept images go through the network
+    assert reference_stats(images, "toy", 30, net, tmp_path, progress=False).n == 30 and net.seen == 5
+
+
+def test_stats_cache_key_is_unchanged(tmp_path) -> None:
+    """Statistics cached before raw features were added must still be found."""
+    record = {"data": "toy", "n": 30, "extractor": "net", "seed": fidlib.SELECTION_SEED, "version": 1}
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:24]
+    assert fidlib.stats_path(tmp_path, "toy", 30, "net") == tmp_path / "fid_stats" / f"{digest}.npz"
+    assert fidlib.features_path(tmp_path, "toy", 30, "net", 10).name.startswith("features-")
 
 
 # --- Inception Score

@@ -82,6 +82,8 @@ def test_smoke_search_against_tracking_server(tmp_path: Path, mlflow_server: str
         assert steps and steps == sorted(set(steps)) and all(s % 40 == 0 for s in steps), steps
         images = [a.path for a in client.list_artifacts(child.info.run_id, "images")]
         assert any("samples" in p and p.endswith(".png") for p in images), images
+        curves = {a.path for a in client.list_artifacts(child.info.run_id, "curves")}
+        assert curves == {"curves/loss_curves.png", "curves/metric_curves.png"}
     completed = [c for c in children if c.data.tags["outcome"] == "completed"]
     assert all(_steps(client, c.info.run_id) == [40, 80, 120] for c in completed)
     assert [c.data.tags.get("outcome") for c in children].count("stopped_early") >= 1
@@ -90,6 +92,9 @@ def test_smoke_search_against_tracking_server(tmp_path: Path, mlflow_server: str
     best_fid = min(m.value for m in client.get_metric_history(best, FID))
     assert float(parent.data.tags[f"best_{FID}"]) == pytest.approx(best_fid, abs=1e-3)
     assert "results.csv" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    names = ("fid_over_time", "param_importance", "parallel_coordinates")
+    assert plots == {f"plots/{name}.png" for name in names}
     # the same runs through the server's REST API, as any other client sees them
     body = json.dumps({"experiment_ids": [state["experiment_id"]]}).encode()
     request = urllib.request.Request(f"{mlflow_server}/api/2.0/mlflow/runs/search", data=body,

@@ -2,7 +2,9 @@
 
 The network is passed in (any ``FeatureExtractor``), so everything here is tested with tiny fakes.
 FID depends on the sample count (it is biased upwards for small N), so the metric's name carries it
-(``fid5k``) and statistics record the count they were computed on.
+(``fid5k``) and statistics record the count they were computed on. The same pass can also keep raw
+features of up to ``MAX_KEEP`` images (``generated_features``, ``reference_features``) for the metrics
+that need more than moments (``metrics.diversity``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SELECTION_SEED = 0  # which n images of a larger set are used; fixed so every run picks the same
 STATS_VERSION = 1  # part of every cache key: bump it when the way statistics are computed changes
+MAX_KEEP = 5000  # raw features kept per side: 40 MB of float32 at 2048 dims, cheap to ship to trials
 Array = np.ndarray | torch.Tensor
 
 
@@ -141,7 +144,7 @@ class FeatureStats:
         """Write ``mu``, ``sigma`` (pytorch-fid's keys), ``n`` and ``meta``, atomically."""
         mu, sigma = self.mean_cov()
         meta = json.dumps(self.meta, sort_keys=True)
-        return _atomic_write(Path(path), lambda f: np.savez(f, mu=mu, sigma=sigma, n=self.n, meta=meta))
+        return atomic_write(Path(path), lambda f: np.savez(f, mu=mu, sigma=sigma, n=self.n, meta=meta))
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureStats:
@@ -214,16 +217,39 @@ def extract_stats(
     keep_logits: bool = False,
 ) -> tuple[FeatureStats, torch.Tensor | None]:
     """Statistics of the features of every batch, and their logits (on the CPU) if asked."""
+    none = np.zeros(0, np.int64)
+    stats, _, logits = extract_features(batches, extractor, none, total, progress, keep_logits)
+    return stats, logits
+
+
+def extract_features(
+    batches: Iterable[torch.Tensor],
+    extractor: FeatureExtractor,
+    keep: np.ndarray,
+    total: int | None = None,
+    progress: bool = False,
+    keep_logits: bool = False,
+) -> tuple[FeatureStats, torch.Tensor, torch.Tensor | None]:
+    """``extract_stats`` plus the features (float32, on the extractor's device) of the images at the
+    sorted positions ``keep`` of the stream: raw features from the same network pass."""
     stats = FeatureStats(extractor.dims, {"extractor": extractor.name})
-    kept: list[torch.Tensor] = []
+    rows: list[torch.Tensor] = []
+    kept_logits: list[torch.Tensor] = []
+    seen = 0
     with tqdm(total=total, disable=not progress, file=sys.stderr, unit="img", desc="inception") as bar:
         for batch in batches:
             features, logits = extractor(batch)
             stats.update(features)
+            lo, hi = np.searchsorted(keep, [seen, seen + len(features)])
+            if hi > lo:
+                at = torch.from_numpy(keep[lo:hi] - seen).to(features.device)
+                rows.append(features.detach().float()[at])
             if keep_logits and logits is not None:
-                kept.append(logits.float().cpu())
+                kept_logits.append(logits.float().cpu())
+            seen += len(features)
             bar.update(len(batch))
-    return stats, torch.cat(kept) if kept else None
+    kept = torch.cat(rows) if rows else torch.zeros(0, extractor.dims)
+    return stats, kept, torch.cat(kept_logits) if kept_logits else None
 
 
 def reference_stats(
@@ -237,11 +263,7 @@ def reference_stats(
 ) -> FeatureStats:
     """Real-image statistics, computed once per (data, n, network) and cached under
     ``<cache_dir>/fid_stats/``. With fewer than ``n`` images all are used and ``stats.n`` says so."""
-    if images.ndim != 4 or images.dtype != np.uint8 or len(images) < 2:
-        raise DataError(f"expected at least 2 uint8 images [N, C, R, R], got {images.dtype} {images.shape}")
-    if n < 2:
-        raise ConfigError(f"FID needs at least 2 images, got n={n}")
-    index = select(len(images), n)
+    index = _reference_index(images, n)
     if len(index) < n:
         log.warning(
             "only %d real images, fewer than n=%d: the reference statistics use all of "
@@ -267,16 +289,79 @@ def reference_stats(
     return FeatureStats.load(path)
 
 
+def reference_features(
+    images: np.ndarray,
+    data_key: str,
+    n: int,
+    extractor: FeatureExtractor,
+    cache_dir: Path,
+    batch_size: int = 100,
+    progress: bool = True,
+    max_keep: int = MAX_KEEP,
+) -> tuple[FeatureStats, torch.Tensor]:
+    """``reference_stats`` and the features (float32, CPU) of a seeded subset of at most ``max_keep``
+    of the same images, cached beside them. With nothing cached one network pass gives both; with
+    the statistics cached already only the kept images go through the network."""
+    index = _reference_index(images, n)
+    keep = select(len(index), max_keep)
+    path = features_path(Path(cache_dir), data_key, len(index), extractor.name, len(keep))
+    kept = _load_features(path, (len(keep), extractor.dims))
+    if kept is None:
+        stats_file = stats_path(Path(cache_dir), data_key, len(index), extractor.name)
+        subset = stats_file.is_file()
+        chosen, keep_at = (index[keep], np.arange(len(keep))) if subset else (index, keep)
+        log.info("computing reference features of %s (%d kept) -> %s", data_key, len(keep), path)
+        batches = _uint8_batches(images, chosen, batch_size)
+        stats, kept, _ = extract_features(batches, extractor, keep_at, total=len(chosen), progress=progress)
+        if not subset:  # this pass saw all n images: the statistics come free
+            stats.meta.update(data=data_key)
+            stats.save(stats_file)
+        rows = kept.cpu().numpy()
+        atomic_write(path, lambda f: np.savez(f, features=rows))
+        kept = torch.from_numpy(rows)
+    stats = reference_stats(images, data_key, n, extractor, cache_dir, batch_size, progress)
+    return stats, kept
+
+
+def _reference_index(images: np.ndarray, n: int) -> np.ndarray:
+    if images.ndim != 4 or images.dtype != np.uint8 or len(images) < 2:
+        raise DataError(f"expected at least 2 uint8 images [N, C, R, R], got {images.dtype} {images.shape}")
+    if n < 2:
+        raise ConfigError(f"FID needs at least 2 images, got n={n}")
+    return select(len(images), n)
+
+
+def _load_features(path: Path, shape: tuple[int, int]) -> torch.Tensor | None:
+    """The cached features, or None (after a warning when the file exists but is unusable)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            rows = np.asarray(f["features"], np.float32)
+    except (OSError, ValueError, KeyError, EOFError) as err:
+        log.warning("recomputing unreadable cached features %s: %s", path, err)
+        return None
+    if rows.shape != shape:
+        log.warning("recomputing cached features %s: shape %s, expected %s", path, rows.shape, shape)
+        return None
+    return torch.from_numpy(rows)
+
+
 def stats_path(cache_dir: Path, data_key: str, n: int, extractor_name: str) -> Path:
-    record = {
-        "data": data_key,
-        "n": n,
-        "extractor": extractor_name,
-        "seed": SELECTION_SEED,
-        "version": STATS_VERSION,
-    }
-    digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:24]
-    return cache_dir / "fid_stats" / f"{digest}.npz"
+    return cache_path(cache_dir, {"data": data_key, "n": n, "extractor": extractor_name})
+
+
+def features_path(cache_dir: Path, data_key: str, n: int, extractor_name: str, kept: int) -> Path:
+    record = {"data": data_key, "n": n, "extractor": extractor_name, "kept": kept}
+    return cache_path(cache_dir, record, prefix="features-")
+
+
+def cache_path(cache_dir: Path, record: dict[str, Any], prefix: str = "") -> Path:
+    """``<cache_dir>/fid_stats/<prefix><hash>.npz``, the hash over ``record`` plus the selection seed
+    and ``STATS_VERSION``: everything a cached file depends on."""
+    full = {**record, "seed": SELECTION_SEED, "version": STATS_VERSION}
+    digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_dir / "fid_stats" / f"{prefix}{digest}.npz"
 
 
 def generated_stats(
@@ -284,9 +369,24 @@ def generated_stats(
 ) -> tuple[FeatureStats, torch.Tensor | None]:
     """Statistics of ``n`` images drawn as ``sample(b)`` (float in [-1, 1]) in batches of at most
     ``batch_size``; the logits too (for the Inception Score) when the extractor has the head."""
+    stats, _, logits = generated_features(sample, n, extractor, batch_size, max_keep=0)
+    return stats, logits
+
+
+def generated_features(
+    sample: Callable[[int], torch.Tensor],
+    n: int,
+    extractor: FeatureExtractor,
+    batch_size: int = 100,
+    max_keep: int = MAX_KEEP,
+) -> tuple[FeatureStats, torch.Tensor, torch.Tensor | None]:
+    """``generated_stats`` plus the features of the first ``min(n, max_keep)`` images, on the
+    extractor's device: the latents are i.i.d., so the first images are a random sample."""
     if n < 2:
         raise ConfigError(f"FID needs at least 2 images, got n={n}")
-    return extract_stats(_sampled(sample, n, batch_size), extractor, keep_logits=extractor.has_classifier)
+    keep = np.arange(min(n, max(max_keep, 0)))
+    batches = _sampled(sample, n, batch_size)
+    return extract_features(batches, extractor, keep, keep_logits=extractor.has_classifier)
 
 
 def _sampled(sample: Callable[[int], torch.Tensor], n: int, batch_size: int) -> Iterator[torch.Tensor]:
@@ -305,7 +405,7 @@ def _uint8_batches(images: np.ndarray, index: np.ndarray, batch_size: int) -> It
         yield torch.from_numpy(batch).to(torch.float32).div_(127.5).sub_(1.0)
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> Path:
+def atomic_write(path: Path, write: Callable[[Any], None]) -> Path:
     """Write through a temporary file beside ``path``, then ``os.replace``: readers (other trials,
     other processes) see the old file or the complete new one, never a partial one."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,155 @@
+"""GAN failure detectors: name the way a trial failed, from its own evaluation history.
+
+They run in the trial loop after every evaluation (``TrialRunner``), so the one-trial CLI and the
+Tune trainable stop a dead trial the same way; the trainable then ends the trial at once (Tune's
+``done``), before ASHA would, and tags the reason. FID stays the metric ASHA ranks on: these
+detectors only add stops, never replace the ranking.
+
+Failure modes:
+- ``diverged``: a loss turned NaN or inf (raised by the training step itself);
+- ``discriminator_wins``: D rejects every generated image (mean D(G(z)) near 0) while its own loss
+  is ~0 or the generator's loss keeps rising: the generator gets no useful gradient;
+- ``vanishing_losses``: both losses at ~0 for several evaluations: neither net is learning;
+- ``mode_collapse``: generated samples cover a small part of the real data (recall far down, most
+  NDB bins different, or their Inception features far less spread than the real ones).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.errors import SearchSpaceError, did_you_mean
+
+DIVERGED = "diverged"
+DISCRIMINATOR_WINS = "discriminator_wins"
+VANISHING_LOSSES = "vanishing_losses"
+MODE_COLLAPSE = "mode_collapse"
+FAILURE_MODES = (DIVERGED, DISCRIMINATOR_WINS, VANISHING_LOSSES, MODE_COLLAPSE)
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """Thresholds; the ``health:`` section of a search-space file overrides any of them."""
+
+    start_after: int = 3  # evaluations before collapse checks: an untrained generator looks collapsed
+    patience: int = 2  # consecutive evaluations a condition must hold
+    d_fake_floor: float = 0.01  # mean D(G(z)) below this: D rejects everything (bce, lsgan)
+    d_loss_floor: float = 0.01  # ... and D's loss below this: D has nothing left to learn
+    g_rise_evals: int = 3  # ... or the G loss rose over this many evaluations in a row
+    loss_floor: float = 1e-4  # |D loss| and |G loss| both below this: vanishing losses
+    # collapse is realistic samples of too few kinds; an untrained generator has low recall and
+    # high NDB too, but its samples are not realistic: recall, NDB and coverage only count when
+    # precision (or, on shapes, the decodable fraction) shows the samples look real
+    precision_floor: float = 0.5
+    recall_min: float = 0.02  # recall below this: generated samples miss most of the real data
+    ndb_max: float = 0.9  # NDB/K above this: almost every bin differs from the real data
+    diversity_min: float = 0.2  # feature spread of generated / real below this: on its own a collapse
+    coverage_min: float = 0.0  # shapes only: fraction of the 32 classes produced (0 disables)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str) -> HealthConfig:
+        names = [f.name for f in dataclasses.fields(cls)]
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in names:
+                raise SearchSpaceError(f"{source}: health: unknown key {key!r}{did_you_mean(key, names)}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SearchSpaceError(f"{source}: health: {key}={value!r} must be a number")
+            kwargs[key] = value
+        config = cls(**kwargs)
+        config.validate(source)
+        return config
+
+    def validate(self, source: str) -> None:
+        ranges = {
+            "start_after": (0, 10_000), "patience": (1, 1000), "g_rise_evals": (1, 1000),
+            "d_fake_floor": (0, 0.5), "d_loss_floor": (0, 10), "loss_floor": (0, 1),
+            "recall_min": (0, 1), "ndb_max": (0, 1), "diversity_min": (0, 1), "coverage_min": (0, 1),
+            "precision_floor": (0, 1),
+        }
+        for key, (low, high) in ranges.items():
+            value = getattr(self, key)
+            integer = key in ("start_after", "patience", "g_rise_evals")
+            if not (low <= value <= high) or (integer and value != int(value)) or math.isnan(value):
+                kind = "an integer" if integer else "a number"
+                raise SearchSpaceError(f"{source}: health: {key}={value!r} must be {kind} in [{low}, {high}]")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    mode: str  # one of FAILURE_MODES
+    trigger: str  # the measurement that crossed its threshold
+    evidence: dict[str, float]  # the values behind the verdict, at the last evaluation
+
+    def describe(self) -> str:
+        values = ", ".join(f"{k}={v:.4g}" for k, v in self.evidence.items())
+        return f"{self.mode} on {self.trigger} ({values})"
+
+
+def check(history: Sequence[Mapping[str, float]], loss: str, config: HealthConfig) -> Verdict | None:
+    """The first failure the history shows, judged at its last evaluation; None when healthy."""
+    for detector in (_discriminator_wins, _vanishing_losses, _mode_collapse):
+        verdict = detector(history, loss, config)
+        if verdict is not None:
+            return verdict
+    return None
+
+
+def _recent(history: Sequence[Mapping[str, float]], n: int) -> Sequence[Mapping[str, float]] | None:
+    return history[-n:] if len(history) >= n else None
+
+
+History = Sequence[Mapping[str, float]]
+
+
+def _discriminator_wins(history: History, loss: str, cfg: HealthConfig) -> Verdict | None:
+    if loss not in ("bce", "lsgan"):  # only these report D's output as a probability-like score
+        return None
+    recent = _recent(history, cfg.patience)
+    if recent is None or not all(r.get("d_fake", 1.0) < cfg.d_fake_floor for r in recent):
+        return None
+    d_dead = all(r.get("d_loss", 1.0) < cfg.d_loss_floor for r in recent)
+    rising = _recent(history, cfg.g_rise_evals + 1)
+    g_rising = rising is not None and all(b["g_loss"] > a["g_loss"] for a, b in itertools.pairwise(rising))
+    if not (d_dead or g_rising):
+        return None
+    last = history[-1]
+    evidence = {k: float(last[k]) for k in ("d_fake", "d_loss", "g_loss") if k in last}
+    return Verdict(DISCRIMINATOR_WINS, "d_loss" if d_dead else "g_loss", evidence)
+
+
+def _vanishing_losses(history: History, loss: str, cfg: HealthConfig) -> Verdict | None:
+    recent = _recent(history, cfg.patience)
+    if recent is None:
+        return None
+    if all(abs(r.get("d_loss", 1.0)) < cfg.loss_floor and abs(r.get("g_loss", 1.0)) < cfg.loss_floor
+           for r in recent):
+        last = history[-1]
+        return Verdict(VANISHING_LOSSES, "d_loss", {"d_loss": last["d_loss"], "g_loss": last["g_loss"]})
+    return None
+
+
+def _mode_collapse(history: History, loss: str, cfg: HealthConfig) -> Verdict | None:
+    recent = _recent(history, cfg.patience)
+    if recent is None or len(history) < cfg.start_after + cfg.patience:
+        return None
+    def realistic(r: Mapping[str, float]) -> bool:
+        return r.get("precision", 0.0) >= cfg.precision_floor
+
+    tests: dict[str, Callable[[Mapping[str, float]], bool]] = {
+        "diversity_ratio": lambda r: r["diversity_ratio"] < cfg.diversity_min,
+        "recall": lambda r: r["recall"] < cfg.recall_min and realistic(r),
+        "ndb_k": lambda r: r["ndb_k"] > cfg.ndb_max and realistic(r),
+        "mode_coverage": lambda r: r["mode_coverage"] < cfg.coverage_min and r.get("decodable", 0) >= 0.5,
+    }
+    for key, failing in tests.items():
+        if all(key in r and failing(r) for r in recent):
+            last = history[-1]
+            keys = (*tests, "precision", "decodable")
+            return Verdict(MODE_COLLAPSE, key, {k: float(last[k]) for k in keys if k in last})
+    return None
