@@ -199,3 +199,39 @@ def test_trials_really_run_concurrently_within_the_limit(tmp_path: Path) -> None
         most = max(most, running)
     assert most == 2, table[["trial_id", "started", "ended"]]
     assert table["config/lr_g"].nunique() == 4  # four different samples, not one repeated
+
+
+def test_failed_trial_is_stopped_tagged_and_counted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trial at lr 0.2 (D wins at once) stops before the budget with its failure mode and
+    evidence on its MLflow run; the healthy DCGAN trial runs on; the summary counts the failure."""
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "resolution: 32\n"
+        "budget: {eval_every: 20, max_evals: 5, grace_period: 5, reduction_factor: 2, fid_n: 32}\n"
+        "fixed: {ngf: 32, ndf: 32, batch_size: 64, loss: bce, optimizer: adam, beta1: 0.5}\n"
+        "params:\n"
+        "  lr_g: {loguniform: [1.0e-4, 0.5]}\n"
+        "  lr_d: {loguniform: [1.0e-4, 0.5]}\n"
+        "start:\n"
+        "  - {lr_g: 0.2, lr_d: 0.2}\n"
+        "  - {lr_g: 2.0e-4, lr_d: 2.0e-4}\n"
+    )
+    storage = tmp_path / "runs"
+    code = main(["shapes", "--space", str(space), "--storage", str(storage), "--name", "health",
+                 "--num-samples", "2", "--max-concurrent", "2", "--cpus-per-trial", "1", "--limit", "500"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "1 failed" in out and "failures: 1 discriminator_wins" in out
+    state = json.loads((storage / "health" / "orchestrator.json").read_text())
+    client = MlflowClient(state["tracking_uri"])
+    runs = {float(c.data.params["lr_g"]): c for c in
+            _children(client, state["experiment_id"], state["parent_run_id"])}
+    bad, good = runs[0.2], runs[2e-4]
+    assert bad.data.tags["outcome"] == "failed" and bad.data.tags["failure_mode"] == "discriminator_wins"
+    assert float(bad.data.tags["evidence.d_fake"]) < 0.01
+    assert len(client.get_metric_history(bad.info.run_id, "fid32")) < 5  # stopped before the budget
+    assert good.data.tags["outcome"] == "completed" and "failure_mode" not in good.data.tags
+    assert len(client.get_metric_history(good.info.run_id, "fid32")) == 5
+    assert client.get_run(state["parent_run_id"]).data.tags["best_run_id"] == good.info.run_id
