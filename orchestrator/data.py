@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from orchestrator import shapes
+from orchestrator.config import RunSettings
 from orchestrator.datacache import (
     FORMAT_VERSION,
     Failure,
@@ -124,6 +125,19 @@ def images_to_float(batch_uint8: torch.Tensor) -> torch.Tensor:
 class _Source:
     identity: dict[str, Any]  # what the data depends on beyond the spec: part of the cache key
     load: Callable[[], Listing]  # the slow part, run only on a cache miss
+
+
+def spec_for(settings: RunSettings, split: str = "train") -> DataSpec:
+    """The data a run's settings ask for."""
+    return DataSpec(
+        name=settings.dataset,
+        split=split,
+        resolution=settings.resolution,
+        root=settings.data_root,
+        limit=settings.max_images,
+        classes=settings.classes,
+        download=settings.download,
+    )
 
 
 def validate(spec: DataSpec) -> None:

@@ -12,16 +12,16 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from orchestrator.atomic import atomic_write
 
 FORMAT_VERSION = 1  # bump when decoding changes, so that old caches are never reused
 _CHUNK = 256  # files per process-pool task
@@ -132,26 +132,10 @@ def _cache_paths(data_dir: Path, key: str) -> tuple[Path, Path, Path]:
 def write_cache(data_dir: Path, key: str, images: np.ndarray, labels: np.ndarray, meta: dict) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     images_path, labels_path, meta_path = _cache_paths(data_dir, key)
-    _atomic_write(images_path, lambda f: np.save(f, images))
-    _atomic_write(labels_path, lambda f: np.save(f, labels))
+    atomic_write(images_path, lambda f: np.save(f, images))
+    atomic_write(labels_path, lambda f: np.save(f, labels))
     # the metadata goes last: its presence marks a complete entry
-    _atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write through a temporary file in the same directory, then rename: a crash never leaves
-    a half-written file under the final name, and readers see the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
 
 
 def read_cache(data_dir: Path, key: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], Path] | None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torchvision.utils import make_grid
+
+from orchestrator.atomic import atomic_write
 
 
 def grid_image(images: torch.Tensor, nrow: int | None = None) -> Image.Image:
@@ -24,9 +25,4 @@ def grid_image(images: torch.Tensor, nrow: int | None = None) -> Image.Image:
 
 def save_png(image: Image.Image, path: Path) -> Path:
     """Write atomically, so a viewer or an artifact upload never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(Path(path), lambda f: image.save(f, format="PNG"))

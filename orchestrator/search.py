@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import data as datasets
+from orchestrator.atomic import atomic_write
 from orchestrator.cli import run_main
 from orchestrator.config import RunSettings, default_cache_dir
 from orchestrator.errors import ConfigError
@@ -181,11 +182,7 @@ def print_plan(plan: Plan) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     plan = make_plan(args)
-    spec = datasets.DataSpec(
-        name=plan.settings.dataset, split="train", resolution=plan.settings.resolution,
-        root=plan.settings.data_root, limit=plan.settings.max_images, classes=plan.settings.classes,
-        download=plan.settings.download,
-    )
+    spec = datasets.spec_for(plan.settings)
     datasets.validate(spec)
     if args.resume:
         _check_resumable(plan)
@@ -219,11 +216,8 @@ def write_state(plan: Plan, state: dict[str, Any]) -> None:
         with fs.open_output_stream(path) as out:
             out.write(json.dumps(state).encode())
         return
-    folder = Path(plan.experiment_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, folder / STATE_FILE)
+    text = json.dumps(state, indent=2).encode()
+    atomic_write(Path(plan.experiment_dir) / STATE_FILE, lambda f: f.write(text))
 
 
 def read_state(plan: Plan) -> dict[str, Any]:

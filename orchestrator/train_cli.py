@@ -68,24 +68,12 @@ def _settings(args: argparse.Namespace) -> RunSettings:
     )
 
 
-def data_spec(settings: RunSettings, split: str = "train") -> datasets.DataSpec:
-    return datasets.DataSpec(
-        name=settings.dataset,
-        split=split,
-        resolution=settings.resolution,
-        root=settings.data_root,
-        limit=settings.max_images,
-        classes=settings.classes,
-        download=settings.download,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # everything a user can get wrong is checked before any work starts
     config = TrialConfig.from_yaml(args.config) if args.config else TrialConfig()
     settings = _settings(args)
-    spec = data_spec(settings)
+    spec = datasets.spec_for(settings)
     datasets.validate(spec)
     if (args.steps is not None and args.steps < 1) or (args.epochs is not None and args.epochs <= 0):
         raise ConfigError("--steps/--epochs must be positive")

@@ -9,7 +9,6 @@ mean losses and D outputs since the last report, gradient norms, img/s, step and
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from orchestrator.atomic import atomic_write
 from orchestrator.config import RunSettings, TrialConfig
 from orchestrator.coverage import decode_shapes, mode_coverage, mode_entropy
 from orchestrator.data import CachedDataset, DeviceImages
@@ -186,12 +186,8 @@ class TrialRunner:
 
     def save(self, path: Path) -> Path:
         """Atomic: a crash mid-write leaves the previous checkpoint intact."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save({**state_dict(self.state), "best_fid": self.best_fid, "history": self.history}, tmp)
-        os.replace(tmp, path)
-        return path
+        saved = {**state_dict(self.state), "best_fid": self.best_fid, "history": self.history}
+        return atomic_write(Path(path), lambda f: torch.save(saved, f))
 
     def restore(self, path: Path) -> None:
         saved: dict[str, Any] = torch.load(path, map_location=self.state.device, weights_only=False)

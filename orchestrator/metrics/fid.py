@@ -13,9 +13,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from orchestrator.atomic import atomic_write
 from orchestrator.errors import ConfigError, DataError
 from orchestrator.metrics.inception import FeatureExtractor
 
@@ -403,20 +402,3 @@ def _uint8_batches(images: np.ndarray, index: np.ndarray, batch_size: int) -> It
     for start in range(0, len(index), batch_size):
         batch = np.ascontiguousarray(images[index[start : start + batch_size]])
         yield torch.from_numpy(batch).to(torch.float32).div_(127.5).sub_(1.0)
-
-
-def atomic_write(path: Path, write: Callable[[Any], None]) -> Path:
-    """Write through a temporary file beside ``path``, then ``os.replace``: readers (other trials,
-    other processes) see the old file or the complete new one, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
