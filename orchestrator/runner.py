@@ -26,6 +26,11 @@ log = logging.getLogger("orchestrator.search")
 
 # the legacy reporter prints Tune's table with the columns we choose (the FID first)
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# a down tracking server must cost the driver's loop seconds, not minutes of retries: the trial
+# logger buffers what fails and retries it on the next result
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
 def run_search(plan: Plan, spec: datasets.DataSpec, args: argparse.Namespace, argv: list[str]) -> int:
@@ -198,6 +203,9 @@ def _summarise(plan: Plan, results: Any, client: Any, state: dict[str, Any], wal
 
     key = fid_key(plan.settings)
     table = results_table(results, plan)
+    from orchestrator.tracking import mark_lost_runs
+
+    mark_lost_runs(client, state["experiment_id"], state["parent_run_id"], set(table["trial_id"].astype(str)))
     csv = Path(plan.experiment_dir) / "results.csv" if "://" not in plan.storage else Path("results.csv")
     table.to_csv(csv, index=False)
     parent = state["parent_run_id"]

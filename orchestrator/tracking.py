@@ -13,12 +13,14 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from PIL import Image
 from ray import tune
 
@@ -29,7 +31,9 @@ log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "trial_id"
 IMAGE_KEY = "samples"  # flat: keys with "/" have produced unreadable image artifacts in MLflow
-COMPLETED, STOPPED, FAILED = "completed", "stopped_early", "failed"
+COMPLETED, STOPPED, FAILED, LOST = "completed", "stopped_early", "failed", "lost"
+FINAL_RETRIES, RETRY_SECONDS = 12, 5.0  # at the end, wait up to a minute for MLflow to come back
+_UNREACHABLE = (MlflowException, OSError, requests.exceptions.RequestException)
 
 
 def default_tracking_uri(experiment_dir: Path) -> str:
@@ -66,9 +70,13 @@ class MlflowTrialLogger(tune.Callback):
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._logged: dict[str, int] = {}  # trial id -> last step whose metrics are logged
         self._imaged: dict[str, int] = {}  # trial id -> last step whose sample grid is logged
+        self._pending: list[Callable[[], object]] = []  # logging postponed while MLflow is unreachable
+        self._warned = False
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None}
+        # operations still pending are closures: they stay with the live driver (which retries them
+        # until the experiment ends), not with the pickled experiment state
+        return {**self.__dict__, "_client": None, "_pending": [], "_warned": False}
 
     @property
     def client(self) -> MlflowClient:
@@ -100,53 +108,74 @@ class MlflowTrialLogger(tune.Callback):
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return run.info.run_id
 
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.run_id(trial)
-
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        run_id, step = self.run_id(trial), int(result.get("step", 0))
-        if step <= self._logged[trial.trial_id]:
-            return  # already logged before a restart: the resumed trial recomputes the same numbers
-        now = int(time.time() * 1000)
+        step, now = int(result.get("step", 0)), int(time.time() * 1000)
         metrics = [
             Metric(key, float(value), now, step)
             for key, value in result.items()
             if isinstance(value, (int, float)) and not isinstance(value, bool) and _is_metric(key)
         ]
-        self.client.log_batch(run_id, metrics=metrics)
-        self._logged[trial.trial_id] = step
+        tags: dict[str, str] = {}
         if result.get("failure"):
             tags = {"outcome": FAILED, "failure_reason": str(result["failure"]),
                     "failure_mode": str(result.get("failure_mode") or "diverged")}
             evidence = result.get("evidence") or {}
             tags.update({f"evidence.{k}": f"{v:.6g}" for k, v in evidence.items()})
-            self._tag(trial, tags)
+
+        def log() -> None:
+            run_id = self.run_id(trial)
+            if step <= self._logged[trial.trial_id]:
+                return  # already logged before a restart: the resumed trial recomputes the same numbers
+            self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
+            self._logged[trial.trial_id] = step
+
+        self._submit(log)
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
-        from orchestrator.trainable import GRID_FILE, REPORT_FILE
+        from orchestrator.trainable import CURVE_FILES, GRID_FILE, REPORT_FILE
 
-        self._log_curves(trial, checkpoint)
-        report = _read_json(checkpoint, REPORT_FILE)
-        png = _read_bytes(checkpoint, GRID_FILE)
+        # read now: a checkpoint may be deleted (num_to_keep) before a postponed log runs
+        curves = {name: _read_bytes(checkpoint, name) for name in CURVE_FILES}
+        report, png = _read_json(checkpoint, REPORT_FILE), _read_bytes(checkpoint, GRID_FILE)
         step = int(report.get("step", -1)) if report else -1
-        if png is None or step < 0:
-            return
-        run_id = self.run_id(trial)
-        if step <= self._imaged[trial.trial_id]:
-            return
-        self.client.log_image(run_id, Image.open(io.BytesIO(png)), key=IMAGE_KEY, step=step)
-        self._imaged[trial.trial_id] = step
 
-    def _log_curves(self, trial: Any, checkpoint: Any) -> None:
-        """Refresh the trial's loss and metric curves: the same artifact paths, overwritten."""
-        from orchestrator.trainable import CURVE_FILES
+        def log() -> None:
+            run_id = self.run_id(trial)
+            with tempfile.TemporaryDirectory() as folder:
+                for name, data in curves.items():  # the same artifact paths, overwritten
+                    if data is not None:
+                        (Path(folder) / name).write_bytes(data)
+                        self.client.log_artifact(run_id, str(Path(folder) / name), "curves")
+            if png is not None and step > self._imaged[trial.trial_id]:
+                self.client.log_image(run_id, Image.open(io.BytesIO(png)), key=IMAGE_KEY, step=step)
+                self._imaged[trial.trial_id] = step
 
-        with tempfile.TemporaryDirectory() as folder:
-            for name in CURVE_FILES:
-                png = _read_bytes(checkpoint, name)
-                if png is not None:
-                    (Path(folder) / name).write_bytes(png)
-                    self.client.log_artifact(self.run_id(trial), str(Path(folder) / name), "curves")
+        self._submit(log)
+
+    def _submit(self, operation: Callable[[], object]) -> None:
+        """Run ``operation`` after everything still waiting; while the tracking server is unreachable
+        keep it, in order, for the next call: trials keep training and nothing is dropped."""
+        self._pending.append(operation)
+        while self._pending:
+            try:
+                self._pending[0]()
+            except _UNREACHABLE as err:
+                if not self._warned:
+                    log.warning("MLflow unreachable (%s); buffering, will retry", str(err).splitlines()[0])
+                    self._warned = True
+                return
+            self._pending.pop(0)
+        if self._warned:
+            log.warning("MLflow reachable again; buffered logs written")
+            self._warned = False
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        for _ in range(FINAL_RETRIES):
+            self._submit(lambda: None)
+            if not self._pending:
+                return
+            time.sleep(RETRY_SECONDS)
+        log.error("MLflow still unreachable: %d logging operations were not written", len(self._pending))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
@@ -157,14 +186,15 @@ class MlflowTrialLogger(tune.Callback):
         else:
             outcome = STOPPED  # ended before the budget without failing: a scheduler or stopper
         self._tag(trial, {"outcome": outcome})
-        self._log_generator(trial)
+        self._submit(lambda: self._log_generator(trial))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         reason = (getattr(trial, "error_message", None) or "error").strip().splitlines()
         self._tag(trial, {"outcome": FAILED, "failure_reason": reason[-1][:5000] if reason else "error"})
 
     def _tag(self, trial: Any, tags: Mapping[str, str]) -> None:
-        self.client.log_batch(self.run_id(trial), tags=[RunTag(k, v) for k, v in tags.items()])
+        self._submit(lambda: self.client.log_batch(self.run_id(trial),
+                                                   tags=[RunTag(k, v) for k, v in tags.items()]))
 
     def _log_generator(self, trial: Any) -> None:
         from orchestrator.trainable import GENERATOR_FILE
@@ -176,6 +206,18 @@ class MlflowTrialLogger(tune.Callback):
             path = Path(folder) / GENERATOR_FILE
             if path.exists():
                 self.client.log_artifact(self.run_id(trial), str(path), artifact_path="checkpoint")
+
+
+def mark_lost_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_ids: set[str]) -> int:
+    """Tag child runs of trials that Tune no longer knows (a driver killed before it saved them;
+    resumed searches sample afresh) as lost, so no run is left without an outcome. Never deletes."""
+    query = f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
+    lost = [r for r in client.search_runs([experiment_id], filter_string=query)
+            if r.data.tags.get(TRIAL_TAG) not in trial_ids and "outcome" not in r.data.tags]
+    for run in lost:
+        client.set_tag(run.info.run_id, "outcome", LOST)
+        client.set_tag(run.info.run_id, "failure_reason", "the driver stopped before Tune saved this trial")
+    return len(lost)
 
 
 def _is_metric(key: str) -> bool:
