@@ -24,3 +24,19 @@ def shared_data() -> Path:
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Never write into the user's ~/.cache from tests."""
     os.environ["ORCHESTRATOR_CACHE"] = str(tmp_path_factory.mktemp("orchestrator-cache"))
+
+
+@pytest.fixture(scope="session")
+def smoke_search(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One real smoke search (4 trials on shapes, the embedded sqlite MLflow store), shared by the
+    tests that look at what a finished search leaves behind: the MLflow UI, sampling, the report.
+    Returns the storage folder, the experiment folder and ``orchestrator.json``'s ids."""
+    import json
+
+    from orchestrator.search import main
+
+    storage = tmp_path_factory.mktemp("smoke") / "runs"
+    assert main(["shapes", "--smoke-test", "--storage", str(storage), "--name", "smoke"]) == 0
+    experiment = storage / "smoke"
+    state = json.loads((experiment / "orchestrator.json").read_text())
+    return {"storage": storage, "experiment_dir": experiment, **state}
