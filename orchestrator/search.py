@@ -46,6 +46,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    "when a GPU is visible, else 0)")
     p.add_argument("--cpus-per-trial", type=float, help="CPU share per trial (default 1 with a GPU, "
                    "else the cores divided among the concurrent trials)")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), help="what trials compute on (default: "
+                   "cuda with a GPU share, else cpu; cpu with a GPU share schedules by logical GPUs)")
     p.add_argument("--max-concurrent", type=int, help="trials running at once (default 4)")
     p.add_argument("--max-failures", type=int, default=3,
                    help="restarts of a crashed trial from its last checkpoint (default 3)")
@@ -101,6 +103,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else _default_gpu_share(args.address)
     if not 0 <= gpus <= 8:
         raise ConfigError(f"--gpus-per-trial {gpus} must be in [0, 8]")
+    device = args.device or ("cuda" if gpus > 0 else "cpu")
+    if device == "cuda" and gpus == 0:
+        raise ConfigError("--device cuda needs --gpus-per-trial > 0 (Ray hides GPUs from trials without one)")
     settings = RunSettings(
         dataset=args.dataset,
         resolution=space.resolution,
@@ -112,7 +117,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         eval_every=args.eval_every or smoke.get("eval_every") or budget.eval_every,
         fid_n=args.fid_n or smoke.get("fid_n") or budget.fid_n,
         seed=args.seed,
-        device="cuda" if gpus > 0 else "cpu",
+        device=device,
         health=space.health,
     )
     max_evals = args.max_evals or smoke.get("max_evals") or budget.max_evals

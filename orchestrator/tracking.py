@@ -115,9 +115,9 @@ class MlflowTrialLogger(tune.Callback):
             for key, value in result.items()
             if isinstance(value, (int, float)) and not isinstance(value, bool) and _is_metric(key)
         ]
-        tags: dict[str, str] = {}
+        tags = {key: str(result[key]) for key in ("node_ip", "node_id") if result.get(key)}
         if result.get("failure"):
-            tags = {"outcome": FAILED, "failure_reason": str(result["failure"]),
+            tags |= {"outcome": FAILED, "failure_reason": str(result["failure"]),
                     "failure_mode": str(result.get("failure_mode") or "diverged")}
             evidence = result.get("evidence") or {}
             tags.update({f"evidence.{k}": f"{v:.6g}" for k, v in evidence.items()})

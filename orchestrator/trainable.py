@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import ray
 import torch
 from ray import tune
 from ray.tune.result import DONE
@@ -54,6 +55,13 @@ class GanTrainable(tune.Trainable):
         self.settings, self.data, self.reference, self.real_ref = settings, data, reference, real_ref
         # Ray hides all but the trial's GPU (fractions included), so "cuda" is the right one
         self.device = resolve_device(settings.device)
+        # which machine ran each interval: Tune's result.json then shows a trial moving after a
+        # lost node, and the MLflow run says where its trial ran
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.node_ip = ray.util.get_node_ip_address()
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"trial {self.trial_id} on {self.node_ip} has a GPU share but torch sees no "
+                               "CUDA device; check the node's driver, or search with --device cpu")
         resources = self.trial_resources
         if self.device.type == "cpu" and resources is not None:
             torch.set_num_threads(max(1, int(resources.required_resources.get("CPU", 1))))
@@ -89,6 +97,8 @@ class GanTrainable(tune.Trainable):
             "step": self.runner.step,
             "started_at": self.started_at,
             "reported_at": time.time(),
+            "node_id": self.node_id,
+            "node_ip": self.node_ip,
             "diverged": int(verdict is not None and verdict.mode == DIVERGED),
             "failure": reason,
             "failure_mode": verdict.mode if verdict else "",
