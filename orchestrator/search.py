@@ -124,13 +124,20 @@ def make_plan(args: argparse.Namespace) -> Plan:
     max_concurrent = args.max_concurrent or smoke.get("max_concurrent") or 4
     cpus = args.cpus_per_trial or (1.0 if gpus else float(max(1, (os.cpu_count() or 1) // max_concurrent)))
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
+    # the budget the search will really run (flags and --smoke-test override the file), so the
+    # printed plan and the parent run's params say what happened
+    budget = dataclasses.replace(
+        budget, eval_every=settings.eval_every, fid_n=settings.fid_n, max_evals=max_evals,
+        grace_period=min(smoke.get("grace_period") or budget.grace_period, max_evals),
+        reduction_factor=smoke.get("reduction_factor") or budget.reduction_factor,
+    )
     return Plan(
-        space=space,
+        space=dataclasses.replace(space, budget=budget),
         settings=settings,
         num_samples=args.num_samples or smoke.get("num_samples") or 16,
         max_evals=max_evals,
-        grace_period=min(smoke.get("grace_period") or budget.grace_period, max_evals),
-        reduction_factor=smoke.get("reduction_factor") or budget.reduction_factor,
+        grace_period=budget.grace_period,
+        reduction_factor=budget.reduction_factor,
         max_concurrent=max_concurrent,
         max_failures=args.max_failures,
         resources={"cpu": cpus, "gpu": gpus},
