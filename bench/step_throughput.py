@@ -1,71 +1,120 @@
-"""img/s of the 64-px DCGAN training step (ngf = ndf = 64, nz = 100, Adam, bce), data already on the
-device: fp32 eager vs bf16 autocast + channels_last, at batch 64 and 512. Prints a table and appends
-it to bench/RESULTS.md with the device, date and command.
+"""img/s of one trial's training step, and whether the fast path trains the same.
 
-    python bench/step_throughput.py [--device cuda] [--steps 200] [--batches 64,512]
+The 64-px DCGAN step (ngf = ndf = 64, nz = 100, Adam, bce; ``orchestrator.train.train_step``), data
+already on the device: plain fp32 eager vs the product's fast path (bf16 autocast + channels_last,
+the default on CUDA), at batch 64 and 512; each rate the median of ``--repeats`` timed windows.
+Target (issue 6): the fast path at batch 64 >= 2.5x fp32 eager.
+
+Then the loss curves: ``--curve-steps`` steps at batch 64 from one seed, fp32 and fast, each loss
+smoothed by a trailing mean of ``--smooth`` steps; the max and mean relative difference of the
+smoothed curves, beside the same numbers for fp32 with another seed (what a curve's own noise
+looks like). Target: fast-vs-fp32 within that noise.
+
+    PYTHONPATH=. python bench/step_throughput.py [--device cuda] [--steps 200] [--batches 64,512]
+        [--curve-steps 500] [--no-record]
+    PYTHONPATH=. python bench/step_throughput.py --device cpu --steps 2 --warmup 1 --repeats 1 \
+        --batches 4 --curve-steps 6 --curve-batch 4 --smooth 3 --no-record    # a check that it runs
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
-import sys
-import time
-from pathlib import Path
 
+import numpy as np
 import torch
+from common import add_common_args, median, rate, report, table, timed
 
 from orchestrator.config import TrialConfig
 from orchestrator.data import DeviceImages
 from orchestrator.shapes import draw_shapes
-from orchestrator.train import build_state, train_step
+from orchestrator.train import GANState, build_state, train_step
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
+SHAPES_IMAGES = 4096
 
 
-def measure(device: torch.device, batch: int, fast: bool, steps: int, warmup: int) -> float:
-    images, _ = draw_shapes("train", 64, 4096)
+def make(device: torch.device, batch: int, fast: bool, seed: int = 0) -> tuple[GANState, DeviceImages]:
+    images, _ = draw_shapes("train", 64, SHAPES_IMAGES)
     data = DeviceImages(images, device, channels_last=fast)
-    state = build_state(TrialConfig(batch_size=batch), 3, 64, device, seed=0, fast=fast)
-    for _ in range(warmup):
+    return build_state(TrialConfig(batch_size=batch), 3, 64, device, seed=seed, fast=fast), data
+
+
+def throughput(device: torch.device, batch: int, fast: bool, args: argparse.Namespace) -> float:
+    """img/s: the median of ``repeats`` windows of ``steps`` steps, after ``warmup`` steps."""
+    state, data = make(device, batch, fast)
+    for _ in range(args.warmup):
         train_step(state, data)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
+
+    def window() -> None:
+        for _ in range(args.steps):
+            train_step(state, data)
+
+    return args.steps * batch / median([timed(window, device) for _ in range(args.repeats)])
+
+
+def losses(device: torch.device, fast: bool, seed: int, steps: int, batch: int) -> np.ndarray:
+    """[steps, 2]: d_loss and g_loss of every step."""
+    state, data = make(device, batch, fast, seed)
+    rows = []
     for _ in range(steps):
-        train_step(state, data)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return steps * batch / (time.perf_counter() - start)
+        stats = train_step(state, data)
+        rows.append((stats.d_loss, stats.g_loss))
+    return np.asarray(rows, np.float64)
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+def smoothed(x: np.ndarray, window: int) -> np.ndarray:
+    """Trailing means over ``window`` steps, from the first full window on."""
+    c = np.cumsum(np.vstack([np.zeros((1, x.shape[1])), x]), axis=0)
+    return (c[window:] - c[:-window]) / window
+
+
+def relative_difference(a: np.ndarray, b: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per loss: max and mean over steps of |smooth(a) - smooth(b)| / |smooth(b)|."""
+    sa, sb = smoothed(a, window), smoothed(b, window)
+    rel = np.abs(sa - sb) / np.maximum(np.abs(sb), 1e-8)
+    return rel.max(0), rel.mean(0)
+
+
+def curve_rows(device: torch.device, args: argparse.Namespace) -> list[list[str]]:
+    n, w, b = args.curve_steps, min(args.smooth, args.curve_steps), args.curve_batch
+    fp32, fast, other_seed = (losses(device, False, 0, n, b), losses(device, True, 0, n, b),
+                              losses(device, False, 1, n, b))
+    rows = []
+    for label, (mx, mean) in (("fast vs fp32, seed 0", relative_difference(fast, fp32, w)),
+                              ("fp32 seed 1 vs seed 0 (noise)", relative_difference(other_seed, fp32, w))):
+        rows.append([label, f"{mx[0]:.2%}", f"{mean[0]:.2%}", f"{mx[1]:.2%}", f"{mean[1]:.2%}"])
+    return rows
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--steps", type=int, default=200)
+    add_common_args(p)
+    p.add_argument("--steps", type=int, default=200, help="steps per timed window")
     p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=3, help="timed windows; the median is reported")
     p.add_argument("--batches", default="64,512")
+    p.add_argument("--curve-steps", type=int, default=500, help="loss-curve comparison length; 0 skips it")
+    p.add_argument("--curve-batch", type=int, default=64)
+    p.add_argument("--smooth", type=int, default=50, help="trailing-mean window for the loss curves")
     args = p.parse_args()
     device = torch.device(args.device)
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
-        fp32 = measure(device, batch, fast=False, steps=args.steps, warmup=args.warmup)
-        bf16 = measure(device, batch, fast=True, steps=args.steps, warmup=args.warmup)
-        rows.append(f"| {batch} | {fp32:,.0f} | {bf16:,.0f} | {bf16 / fp32:.2f}x |")
-    table = ["| batch | fp32 eager img/s | bf16 + channels_last img/s | ratio |", "| --- | --- | --- | --- |",
-             *rows]
-    header = (f"\n## step_throughput: {device_name(device)}, torch {torch.__version__}, "
-              f"{datetime.date.today()}\n\n`python {' '.join(sys.argv)}`\n")
-    print(header + "\n".join(table))
-    with RESULTS.open("a") as f:
-        f.write(header + "\n" + "\n".join(table) + "\n")
+        fp32 = throughput(device, batch, False, args)
+        fast = throughput(device, batch, True, args)
+        rows.append([batch, rate(fp32), rate(fast), f"{fast / fp32:.2f}x"])
+    lines = table(["batch", "fp32 eager img/s", "bf16 + channels_last img/s", "speed-up"], rows)
+    # "fp32" is PyTorch's default, which lets cuDNN use tf32 for convolutions: say which it was
+    tf32 = torch.backends.cudnn.allow_tf32
+    lines += ["", f"fp32 eager as PyTorch's defaults leave it: cudnn.allow_tf32={tf32}, "
+              f"float32 matmul precision {torch.get_float32_matmul_precision()!r}; median of {args.repeats} "
+              f"windows of {args.steps} steps after {args.warmup} warm-up steps."]
+    if args.curve_steps > 0:
+        window = min(args.smooth, args.curve_steps)
+        lines += ["", f"Loss curves over {args.curve_steps} steps at batch {args.curve_batch}, trailing mean "
+                  f"of {window} steps; relative difference of the smoothed curves:", ""]
+        lines += table(["runs compared", "d_loss max", "d_loss mean", "g_loss max", "g_loss mean"],
+                       curve_rows(device, args))
+    report("step_throughput", device, lines, args)
 
 
 if __name__ == "__main__":
