@@ -16,6 +16,7 @@ from orchestrator.errors import ConfigError, DataError
 from orchestrator.metrics import fid as fidlib
 from orchestrator.metrics.fid import (
     FeatureStats,
+    as_8bit,
     extract_features,
     fid,
     frechet_distance,
@@ -301,11 +302,28 @@ def test_generated_features_keep_the_first_images() -> None:
     stats, kept, logits = generated_features(
         sample, 30, CountingExtractor(classes=3), batch_size=8, max_keep=12
     )
-    assert kept.shape == (12, 6) and torch.equal(kept, CountingExtractor()(pool[:12])[0])
+    assert kept.shape == (12, 6) and torch.equal(kept, CountingExtractor()(as_8bit(pool[:12]))[0])
     assert stats.n == 30 and logits is not None and logits.shape == (30, 3)
     offset = 0
     plain, _ = generated_stats(sample, 30, CountingExtractor(), batch_size=8)
     np.testing.assert_array_equal(plain.mean_cov()[1], stats.mean_cov()[1])
+
+
+def test_generated_images_are_scored_as_the_pngs_they_would_be_saved_as(tmp_path) -> None:
+    """pytorch-fid, like published FIDs, scores 8-bit image files: a generator's float output is
+    scored after the same rounding, so the features equal those of its PNGs read back."""
+    from PIL import Image
+
+    from orchestrator.images import save_png, to_image
+
+    pool = torch.rand(16, 3, 8, 8) * 2 - 1
+    _, kept, _ = generated_features(lambda b: pool[:b], 16, CountingExtractor(), batch_size=16, max_keep=16)
+    for i, image in enumerate(pool):
+        save_png(to_image(image), tmp_path / f"{i:02d}.png")
+    read = torch.stack([torch.from_numpy(np.array(Image.open(tmp_path / f"{i:02d}.png"))).permute(2, 0, 1)
+                        for i in range(16)]).float() / 127.5 - 1
+    assert torch.equal(kept, CountingExtractor()(read)[0])
+    assert not torch.equal(kept, CountingExtractor()(pool)[0])  # the rounding is not a no-op
 
 
 def test_reference_features_one_pass_then_cached(tmp_path) -> None:

@@ -395,7 +395,13 @@ def _sampled(sample: Callable[[int], torch.Tensor], n: int, batch_size: int) -> 
             images = sample(want)
         if images.shape[0] != want:
             raise DataError(f"the sampler returned {images.shape[0]} images, {want} were asked for")
-        yield images
+        yield as_8bit(images)
+
+
+def as_8bit(images: torch.Tensor) -> torch.Tensor:
+    """Generated images scored as they would be saved: rounded to 8 bits, as the real images are
+    and as pytorch-fid (which reads PNGs) scores them, so the FID compares with published ones."""
+    return images.float().clamp(-1, 1).add(1).mul(127.5).round().div(127.5).sub(1)
 
 
 def _uint8_batches(images: np.ndarray, index: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
