@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from orchestrator.cli import run_main
+from orchestrator.cli import UsageParser, run_main
 from orchestrator.config import RunSettings, default_cache_dir
 from orchestrator.errors import ConfigError, DataError, did_you_mean
 from orchestrator.metrics.fid import FeatureStats, extract_stats, fid, metric_name, reference_stats
@@ -36,13 +36,8 @@ T = TypeVar("T")
 IMAGE_SUFFIXES = frozenset({".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"})
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(message)  # one line and exit 2, like every other bad input
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = UsageParser(
         prog="python -m orchestrator.fid",
         description="The FID between two image sources, computed with the search's own code and caches.",
     )

@@ -173,16 +173,17 @@ def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"  # short: Tune's default spells out every hyperparameter
 
 
-def results_table(results: Any, plan: Plan) -> pd.DataFrame:
-    """One row per trial: outcome, best FID, evaluations, compute, hyperparameters; sorted by FID."""
-    key, rows = fid_key(plan.settings), []
+def results_table(results: Any, key: str, max_evals: int) -> pd.DataFrame:
+    """One row per trial: outcome, best ``key`` (the FID's name), evaluations, compute,
+    hyperparameters; sorted by FID. ``max_evals`` tells a completed trial from one stopped early."""
+    rows = []
     for result in results:
         history = result.metrics_dataframe
         fids = history[key] if history is not None and key in history else pd.Series(dtype=float)
         last = result.metrics or {}
         evals = int(last.get("training_iteration", 0))
         mode = last.get("failure_mode") or ("error" if result.error else "")
-        outcome = "failed" if mode else "completed" if evals >= plan.max_evals else "stopped_early"
+        outcome = "failed" if mode else "completed" if evals >= max_evals else "stopped_early"
         rows.append({
             "trial_id": last.get("trial_id", ""), "outcome": outcome, "failure_mode": mode,
             f"best_{key}": float(fids.min()) if len(fids) else math.inf,
@@ -202,7 +203,7 @@ def _summarise(plan: Plan, results: Any, client: Any, state: dict[str, Any], wal
     from mlflow.entities import RunTag
 
     key = fid_key(plan.settings)
-    table = results_table(results, plan)
+    table = results_table(results, key, plan.max_evals)
     from orchestrator.tracking import mark_lost_runs
 
     mark_lost_runs(client, state["experiment_id"], state["parent_run_id"], set(table["trial_id"].astype(str)))
@@ -223,6 +224,7 @@ def _summarise(plan: Plan, results: Any, client: Any, state: dict[str, Any], wal
     finite = table[table[f"best_{key}"].apply(math.isfinite) & (table["outcome"] != "failed")]
     if finite.empty:
         print("no trial produced a finite FID")
+        client.set_terminated(parent, "FINISHED")
         return 1
     _log_search_plots(plan, results, table, client, parent)
     best = finite.iloc[0]
@@ -230,6 +232,9 @@ def _summarise(plan: Plan, results: Any, client: Any, state: dict[str, Any], wal
     client.log_batch(parent, tags=[RunTag("best_trial", str(best["trial_id"])),
                                    RunTag("best_run_id", best_run or ""),
                                    RunTag(f"best_{key}", f"{best[f'best_{key}']:.4f}")])
+    from orchestrator.export import log_best_model
+
+    log_best_model(results, str(best["trial_id"]), best_run, state, key)
     config: dict[str, Any] = next(
         (r.config for r in results if (r.metrics or {}).get("trial_id") == best["trial_id"]), {}
     )
@@ -239,6 +244,7 @@ def _summarise(plan: Plan, results: Any, client: Any, state: dict[str, Any], wal
     print(f"  MLflow: parent run {parent}, trial run {best_run}")
     print(f"  results table: {csv}")
     print(f"  view: mlflow ui --backend-store-uri {state['tracking_uri']}")
+    client.set_terminated(parent, "FINISHED")
     return 0
 
 

@@ -1,0 +1,184 @@
+"""``python -m orchestrator.report EXPERIMENT``: a search's trials as one table, best FID first.
+
+EXPERIMENT is a Tune experiment folder (``runs/NAME``: read from Tune's own experiment state, so a
+search still running or interrupted reports too) or an MLflow experiment name or id (with
+``--mlflow-uri``; the latest search logged there). Prints the table and writes it as CSV and HTML
+(``--out PREFIX``; by default ``report.csv``/``report.html`` in the experiment folder, or
+``report-NAME.*`` here for an MLflow experiment). Failed trials come last: they never win.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from orchestrator.cli import UsageParser, run_main, tracking_uri
+from orchestrator.errors import ConfigError
+
+FAILED = "failed"
+_FID = re.compile(r"fid\d+k?")
+_NUMBER = "{:.4g}".format
+
+
+@dataclass(frozen=True)
+class Trials:
+    """What both sources give: one row per trial (``trial_id``, ``outcome``, ``failure_mode``,
+    ``best_<key>``, ``evals``, ``seconds``, ``config/<name>``...) and how to read it."""
+
+    table: pd.DataFrame
+    key: str  # the FID's name, e.g. fid2k
+    unit: str  # "GPU" or "CPU": what a trial's seconds were spent on
+    share: float  # of a GPU (or CPUs) per trial, to turn wall seconds into device seconds
+    name: str
+
+
+def build_parser() -> UsageParser:
+    p = UsageParser(prog="python -m orchestrator.report", description=__doc__.split("\n")[0])
+    p.add_argument("experiment", metavar="EXPERIMENT",
+                   help="a Tune experiment folder (runs/NAME), or an MLflow experiment name or id")
+    p.add_argument("--mlflow-uri",
+                   help="tracking URI for an MLflow experiment (default $MLFLOW_TRACKING_URI)")
+    p.add_argument("--out", type=Path, help="write PREFIX.csv and PREFIX.html (default: see above)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    folder = Path(args.experiment)
+    if folder.is_dir():
+        trials, prefix = from_tune(folder), folder / "report"
+    elif "/" in args.experiment:
+        raise ConfigError(f"{args.experiment}: no such folder")
+    else:
+        uri = tracking_uri(args.mlflow_uri, f"{args.experiment!r} is no folder; as an MLflow experiment it")
+        trials = from_mlflow(args.experiment, uri)
+        prefix = Path(f"report-{trials.name}")
+    report = present(trials)
+    prefix = args.out or prefix
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    report.to_csv(prefix.with_name(prefix.name + ".csv"), index=False)
+    report.to_html(prefix.with_name(prefix.name + ".html"), index=False, na_rep="", float_format=_NUMBER)
+    with pd.option_context("display.max_columns", None, "display.width", 200):
+        print(report.to_string(index=False, float_format=_NUMBER))
+    print(f"{len(report)} trials of {trials.name}; written to {prefix}.csv and {prefix}.html")
+    return 0
+
+
+def present(trials: Trials) -> pd.DataFrame:
+    """The table people read: trial, outcome, FID, the hyperparameters that differ between trials,
+    device seconds; sorted by FID, failed trials last."""
+    table, fid = trials.table, f"best_{trials.key}"
+    config = [c for c in table.columns if c.startswith("config/")]
+    varying = [c for c in config if table[c].astype(str).nunique() > 1] or config
+    outcome = table["outcome"].where(table["failure_mode"].fillna("") == "",
+                                     table["outcome"] + " (" + table["failure_mode"].astype(str) + ")")
+    report = pd.DataFrame({
+        "trial": table["trial_id"].astype(str),
+        "outcome": outcome,
+        fid: table[fid].astype(float),
+        "evals": table["evals"].astype(int),
+        **{c.removeprefix("config/"): table[c] for c in varying},
+        f"{trials.unit.lower()}_seconds": table["seconds"].astype(float) * trials.share,
+        **({"run_id": table["run_id"]} if "run_id" in table else {}),
+    })
+    failed = table["outcome"] == FAILED
+    order = pd.DataFrame({"failed": failed, "fid": report[fid]}).sort_values(["failed", "fid"], kind="stable")
+    return report.loc[order.index].reset_index(drop=True)
+
+
+def from_tune(folder: Path) -> Trials:
+    """From Tune's experiment state, through the same ``results_table`` the search's summary uses."""
+    if not any(folder.glob("experiment_state-*.json")):
+        raise ConfigError(f"{folder}: not a Tune experiment folder (no experiment_state-*.json)")
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    from orchestrator.runner import results_table
+
+    analysis = ExperimentAnalysis(str(folder.resolve()))  # pyarrow reads a relative path as a URI
+    key = _fid_metric([t.last_result or {} for t in analysis.trials], folder)
+    max_evals = max(int(t.stopping_criterion.get("training_iteration", 0)) for t in analysis.trials)
+    table = results_table(ResultGrid(analysis), key, max_evals)
+    # a search still running: its live trials are not "stopped early"
+    status = {str(t.path): t.status.lower() for t in analysis.trials}
+    live = table["path"].map(status).isin(["pending", "running", "paused"])
+    table.loc[live, "outcome"] = table.loc[live, "path"].map(status)
+    factory = analysis.trials[0].placement_group_factory
+    resources: dict[str, float] = factory.required_resources if factory is not None else {}
+    gpu = float(resources.get("GPU", 0.0))
+    return Trials(table, key, "GPU" if gpu else "CPU", gpu or float(resources.get("CPU", 1.0)), folder.name)
+
+
+def from_mlflow(experiment: str, uri: str) -> Trials:
+    """From the child runs of the experiment's latest search run: the tracking callback's outcome
+    tags and metrics, the parent's settings."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+        if found is None and experiment.isdigit():
+            found = client.get_experiment(experiment)
+    except MlflowException:
+        found = None
+    if found is None:
+        raise ConfigError(f"no MLflow experiment named {experiment!r} in {uri}")
+    parents = client.search_runs([found.experiment_id], filter_string="tags.role = 'search'",
+                                 order_by=["attributes.start_time DESC"], max_results=1)
+    if not parents:
+        raise ConfigError(f"MLflow experiment {found.name!r} holds no search run")
+    parent = parents[0]
+    key = parent.data.tags["metric"].removesuffix("_best")
+    children = client.search_runs([found.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    if not children:
+        raise ConfigError(f"the search run {parent.info.run_id} of {found.name!r} has no trial runs yet")
+    table = pd.DataFrame([_row(client, run, key) for run in children])
+    for column in [c for c in table.columns if c.startswith("config/")]:
+        numbers = pd.to_numeric(table[column], errors="coerce")  # params come back as strings
+        table[column] = numbers if numbers.notna().all() else table[column]
+    params = parent.data.params
+    gpu = float(params.get("gpus_per_trial", 0.0))
+    share = gpu or float(params.get("cpus_per_trial", 1.0))
+    return Trials(table, key, "GPU" if gpu else "CPU", share, found.name)
+
+
+def _row(client: Any, run: Any, key: str) -> dict[str, Any]:
+    tags, metrics = run.data.tags, run.data.metrics
+    best = metrics.get(f"{key}_best", math.inf)
+    return {
+        "trial_id": tags.get("trial_id", ""),
+        "outcome": tags.get("outcome", "running"),
+        "failure_mode": tags.get("failure_mode", "") if tags.get("outcome") == FAILED else "",
+        f"best_{key}": best if best < 1e300 else math.inf,  # stores keep inf as the largest double
+        "evals": len(client.get_metric_history(run.info.run_id, key)),
+        "seconds": metrics.get("time_total_s", 0.0),
+        "run_id": run.info.run_id,
+        **{f"config/{k}": v for k, v in sorted(run.data.params.items())},
+    }
+
+
+def _fid_metric(metrics: list[dict[str, Any]], folder: Path) -> str:
+    """The FID's name (``fid2k``: the key reported beside its ``_best`` twin, as
+    ``metrics.fid.metric_name`` writes it)."""
+    names = {k.removesuffix("_best") for m in metrics for k in m
+             if k.endswith("_best") and k.removesuffix("_best") in m}
+    found = [match for name in names if (match := _FID.fullmatch(name))]
+    if len(found) != 1:
+        raise ConfigError(f"{folder}: no trial has reported a FID yet")
+    return found[0][0]
+
+
+def cli_main(argv: Sequence[str] | None = None) -> int:
+    return run_main(main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())

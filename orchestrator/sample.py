@@ -1,0 +1,144 @@
+"""``python -m orchestrator.sample (RUN_ID | CHECKPOINT)``: new samples from a trial's generator.
+
+The generator comes from a Tune checkpoint (a ``checkpoint_NNNNNN`` folder or a ``.pt`` file) or an
+MLflow run: the model logged on the best trial's run, else the run's ``checkpoint/generator.pt``.
+``--out`` ending in ``.png`` gets one grid; any other path is a folder of one PNG per sample (for
+FID elsewhere). The latents come from ``--seed`` alone, so a seed always gives the same images, and
+``--n 5`` gives the first five of ``--n 64``; ``--seed 12345`` (the evaluation seed) reproduces a
+checkpoint's ``grid.png``. Sampling runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from orchestrator.cli import UsageParser, run_main, tracking_uri
+from orchestrator.errors import ConfigError
+from orchestrator.export import (
+    CHECKPOINT_ARTIFACT,
+    RUN_MODEL_TAG,
+    first_line,
+    load_generator,
+    tracking_uri_set,
+)
+from orchestrator.images import grid_image, save_png, to_image
+
+log = logging.getLogger(__name__)
+
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+BATCH = 256
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A generator as sampling needs it: (N, nz) latents -> (N, C, H, W) images in [0, 1]."""
+
+    model: Callable[[torch.Tensor], torch.Tensor]
+    nz: int
+    source: str  # what it was loaded from, for the summary line
+
+
+def build_parser() -> UsageParser:
+    p = UsageParser(prog="python -m orchestrator.sample", description=__doc__.split("\n")[0])
+    p.add_argument("source", metavar="RUN_ID | CHECKPOINT",
+                   help="an MLflow run id, a Tune checkpoint folder or a .pt checkpoint file")
+    p.add_argument("--n", type=int, default=64, help="samples to draw (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the latents (default 0)")
+    p.add_argument("--out", type=Path, default=Path("grid.png"),
+                   help="a .png file for one grid (default grid.png), else a folder of PNGs")
+    p.add_argument("--mlflow-uri", help="tracking URI for a run id (default $MLFLOW_TRACKING_URI)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.n < 1:
+        raise ConfigError(f"--n {args.n} must be at least 1")
+    as_grid = args.out.suffix.lower() == ".png" and not args.out.is_dir()
+    if not as_grid and args.out.is_dir() and any(args.out.glob("*.png")):
+        raise ConfigError(f"--out {args.out} already holds PNG files: choose an empty folder")
+    sampler = load_sampler(args.source, args.mlflow_uri)
+    if as_grid:
+        save_png(grid_image(torch.cat(list(sample(sampler, args.n, args.seed))) * 2 - 1), args.out)
+    else:
+        write_pngs(sample(sampler, args.n, args.seed), args.out)
+    what = "a grid of" if as_grid else "PNGs of"
+    print(f"{what} {args.n} samples (seed {args.seed}) from {sampler.source} -> {args.out}")
+    return 0
+
+
+def load_sampler(source: str, mlflow_uri: str | None) -> Sampler:
+    path = Path(source)
+    if path.exists():
+        model = load_generator(path)
+        return Sampler(model, model.generator.nz, str(path))
+    if not RUN_ID.fullmatch(source):
+        raise ConfigError(f"{source}: no such file or folder, nor an MLflow run id (32 hex digits)")
+    return load_run(source, tracking_uri(mlflow_uri, f"the run id {source}"))
+
+
+def load_run(run_id: str, uri: str) -> Sampler:
+    """The run's logged model when it has one (the best trial's best checkpoint), else the last
+    generator its trial saved."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise ConfigError(f"run {run_id} not found in {uri}") from None
+        raise ConfigError(f"cannot read run {run_id} from {uri}: {first_line(err)}") from None
+    model_uri = run.data.tags.get(RUN_MODEL_TAG)
+    if model_uri:
+        with tracking_uri_set(uri):
+            info = mlflow.models.get_model_info(model_uri)
+            model = mlflow.pytorch.load_model(model_uri)
+        nz = int(info.signature.inputs.inputs[0].shape[-1])
+        return Sampler(model, nz, f"run {run_id} ({model_uri})")
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            local = client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, folder)
+        except (MlflowException, OSError):
+            raise ConfigError(f"run {run_id} has no logged model and no {CHECKPOINT_ARTIFACT}") from None
+        loaded = load_generator(Path(local))
+    return Sampler(loaded, loaded.generator.nz, f"run {run_id} ({CHECKPOINT_ARTIFACT})")
+
+
+def sample(sampler: Sampler, n: int, seed: int) -> Iterator[torch.Tensor]:
+    """``n`` images in [0, 1] from the latents of ``seed``, a batch at a time. The latents are drawn a
+    whole batch at a time too, because torch's CPU ``randn`` draws the last values of a tensor whose
+    size is not a multiple of 16 differently: so the first k images are the same for any ``n`` >= k,
+    and seed 12345 (the evaluation seed) gives a trial's own sample grid."""
+    rng = torch.Generator().manual_seed(seed)
+    for start in range(0, n, BATCH):
+        z = torch.randn(BATCH, sampler.nz, generator=rng)[: n - start]
+        with torch.no_grad():
+            yield sampler.model(z).float()
+
+
+def write_pngs(batches: Iterable[torch.Tensor], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    i = 0
+    for images in batches:
+        for image in images:
+            # plain writes, not atomic ones: tens of thousands of files, none read while written
+            to_image(image * 2 - 1).save(folder / f"{i:06d}.png")
+            i += 1
+
+
+def cli_main(argv: Sequence[str] | None = None) -> int:
+    return run_main(main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())
