@@ -102,7 +102,10 @@ class MlflowTrialLogger(tune.Callback):
 
     def _create_run(self, trial: Any) -> str:
         tags = {PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, "role": "trial"}
-        run = self.client.create_run(self.experiment_id, run_name=str(trial), tags=tags)
+        # created at the first result, but dated from the trial's start: the UI's duration is honest
+        started = (trial.last_result or {}).get("started_at")
+        run = self.client.create_run(self.experiment_id, run_name=str(trial), tags=tags,
+                                     start_time=int(started * 1000) if started else None)
         # every hyperparameter, the defaults a search did not vary included
         params = TrialConfig.from_dict(trial.config).to_dict()
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -187,10 +190,17 @@ class MlflowTrialLogger(tune.Callback):
             outcome = STOPPED  # ended before the budget without failing: a scheduler or stopper
         self._tag(trial, {"outcome": outcome})
         self._submit(lambda: self._log_generator(trial))
+        self._end(trial, "FAILED" if outcome == FAILED else "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         reason = (getattr(trial, "error_message", None) or "error").strip().splitlines()
         self._tag(trial, {"outcome": FAILED, "failure_reason": reason[-1][:5000] if reason else "error"})
+        self._end(trial, "FAILED")
+
+    def _end(self, trial: Any, status: str) -> None:
+        """The run's status in the MLflow UI: a trial's run ends with its trial. A restarted or
+        resumed trial logs into it again all the same (MLflow allows it on an ended run)."""
+        self._submit(lambda: self.client.set_terminated(self.run_id(trial), status))
 
     def _tag(self, trial: Any, tags: Mapping[str, str]) -> None:
         self._submit(lambda: self.client.log_batch(self.run_id(trial),
@@ -217,6 +227,7 @@ def mark_lost_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,
     for run in lost:
         client.set_tag(run.info.run_id, "outcome", LOST)
         client.set_tag(run.info.run_id, "failure_reason", "the driver stopped before Tune saved this trial")
+        client.set_terminated(run.info.run_id, "KILLED")
     return len(lost)
 
 
