@@ -35,6 +35,12 @@ SMOKE = {"num_samples": 4, "max_evals": 3, "grace_period": 1, "reduction_factor"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    args = _parser().parse_args(argv)
+    args.address = args.address or os.environ.get("RAY_ADDRESS")  # set for a `ray job submit` driver
+    return args
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m orchestrator.search", description=__doc__.split("\n")[0])
     p.add_argument("dataset", help=f"one of {', '.join(datasets.DATASETS)} or folder:PATH")
     p.add_argument("--space", type=Path, help="search-space YAML (default search_spaces/DATASET.yaml)")
@@ -57,7 +63,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--name", help="experiment name (default DATASET-TIME; with --resume: the latest)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search of that name")
     p.add_argument("--seed", type=int, default=0, help="seeds Optuna and every trial")
-    p.add_argument("--address", help="an existing Ray cluster (default: start a local one)")
+    p.add_argument("--address", help="an existing Ray cluster (default: $RAY_ADDRESS, as in a `ray job "
+                   "submit`, else start a local one)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved search and exit")
     p.add_argument("--smoke-test", action="store_true", help="tiny: 4 trials, few steps, small FID")
     p.add_argument("--download", action="store_true", help="let torchvision fetch a missing dataset")
@@ -66,7 +73,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, help="use at most this many training images")
     p.add_argument("--fid-weights", type=Path, help="FID Inception weights (default: search)")
     p.add_argument("--cache-dir", type=Path, help="decoded data and FID statistics")
-    return p.parse_args(argv)
+    return p
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +113,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
     device = args.device or ("cuda" if gpus > 0 else "cpu")
     if device == "cuda" and gpus == 0:
         raise ConfigError("--device cuda needs --gpus-per-trial > 0 (Ray hides GPUs from trials without one)")
+    if device == "cuda" and not args.address and not _cuda_visible():
+        raise ConfigError(f"--gpus-per-trial {gpus:g} but torch sees no GPU on this machine; leave it out to "
+                          "run on the CPU, or pass --address of a cluster with GPU nodes")
     settings = RunSettings(
         dataset=args.dataset,
         resolution=space.resolution,
@@ -157,10 +167,14 @@ def _with_weak_start(space: SearchSpace) -> SearchSpace:
 
 
 def _default_gpu_share(address: str | None) -> float:
+    # 4 trials per GPU: small GANs leave a GPU mostly idle (see bench/RESULTS.md)
+    return 0.25 if address or _cuda_visible() else 0.0
+
+
+def _cuda_visible() -> bool:
     import torch
 
-    # 4 trials per GPU: small GANs leave a GPU mostly idle (see bench/RESULTS.md)
-    return 0.25 if address or torch.cuda.is_available() else 0.0
+    return torch.cuda.is_available()
 
 
 def _experiment_name(args: argparse.Namespace, storage: str) -> str:
@@ -198,12 +212,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     datasets.validate(spec)
     if args.resume:
         _check_resumable(plan)
-    if args.dry_run:
+    if args.dry_run:  # contacts nothing: the cluster's job is checked on a laptop with this
         print_plan(plan)
         return 0
+    check_tracking_server(plan.tracking_uri)
     from orchestrator.runner import run_search  # heavy imports (ray, mlflow) only past validation
 
     return run_search(plan, spec, args, argv=list(argv) if argv is not None else sys.argv[1:])
+
+
+def check_tracking_server(uri: str | None) -> None:
+    """A tracking server that does not answer is bad input: one line now, not a traceback after
+    the data and the reference statistics are done."""
+    if not uri or not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=15)
+    except urllib.error.HTTPError:
+        return  # something answered: MLflow's own errors, if any, come with their own message
+    except OSError as err:
+        reason = getattr(err, "reason", err)
+        raise ConfigError(f"--mlflow-uri {uri}: no MLflow server answers ({reason}); start it, or leave "
+                          "out --mlflow-uri for the embedded store") from None
 
 
 def _check_resumable(plan: Plan) -> None:
