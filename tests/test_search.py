@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -17,48 +16,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from servers import free_port, start_server, stop_server
 
 from orchestrator.search import main
 
 FID = "fid128"  # the smoke test's FID: 128 images
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_server(folder: Path, port: int) -> subprocess.Popen:
-    """A real tracking server on 127.0.0.1: sqlite backend, artifacts proxied to a local folder."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-         "--artifacts-destination", str(folder / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return proc
-        except OSError:
-            time.sleep(1)
-    _stop_server(proc)
-    pytest.fail("mlflow server did not start")
-
-
-def _stop_server(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-
-
 @pytest.fixture
 def mlflow_server(tmp_path: Path):
-    port = _free_port()
-    proc = _start_server(tmp_path, port)
+    port = free_port()
+    proc = start_server(tmp_path, port)
     yield f"http://127.0.0.1:{port}"
-    _stop_server(proc)
+    stop_server(proc)
 
 
 def _children(client: MlflowClient, experiment_id: str, parent: str) -> list:
@@ -82,10 +52,16 @@ def test_smoke_search_against_tracking_server(tmp_path: Path, mlflow_server: str
     assert len(children) == 4  # one run per trial, no more
     outcomes = [c.data.tags.get("outcome") for c in children]
     assert "stopped_early" in outcomes and "completed" in outcomes, outcomes
+    # the UI shows every run ended, none left "running"
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     for child in children:
         assert float(child.data.params["lr_g"]) > 0 and child.data.params["loss"]
         steps = _steps(client, child.info.run_id)
         assert steps and steps == sorted(set(steps)) and all(s % 40 == 0 for s in steps), steps
+        # the run is dated from its trial's start, not from its first evaluation
+        first = min(m.timestamp for m in client.get_metric_history(child.info.run_id, FID))
+        assert first - child.info.start_time > 1000
         images = [a.path for a in client.list_artifacts(child.info.run_id, "images")]
         assert any("samples" in p and p.endswith(".png") for p in images), images
         curves = {a.path for a in client.list_artifacts(child.info.run_id, "curves")}
@@ -172,6 +148,7 @@ def test_dry_run_prints_plan_and_starts_nothing(tmp_path: Path, capsys: pytest.C
         (["shapes", "--dry-run", "--num-samples", "0"], "--num-samples 0 must be positive"),
         (["shapes", "--dry-run", "--gpus-per-trial", "-1"], "--gpus-per-trial -1"),
         (["shapes", "--resume", "--name", "nothing-here"], "holds no search to resume"),
+        (["shapes", "--smoke-test", "--mlflow-uri", "http://127.0.0.1:9"], "no MLflow server answers"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, tmp_path: Path) -> None:
@@ -240,6 +217,7 @@ def test_failed_trial_is_stopped_tagged_and_counted(
             _children(client, state["experiment_id"], state["parent_run_id"])}
     bad, good = runs[0.2], runs[2e-4]
     assert bad.data.tags["outcome"] == "failed" and bad.data.tags["failure_mode"] == "discriminator_wins"
+    assert bad.info.status == "FAILED" and good.info.status == "FINISHED"
     assert float(bad.data.tags["evidence.d_fake"]) < 0.01
     assert len(client.get_metric_history(bad.info.run_id, "fid32")) < 5  # stopped before the budget
     assert good.data.tags["outcome"] == "completed" and "failure_mode" not in good.data.tags
@@ -252,8 +230,8 @@ def test_tracking_server_down_for_a_while_loses_nothing(tmp_path: Path) -> None:
     training, the search completes, and every evaluation of every trial is in MLflow once."""
     import threading
 
-    port = _free_port()
-    server = {"proc": _start_server(tmp_path, port)}
+    port = free_port()
+    server = {"proc": start_server(tmp_path, port)}
     uri = f"http://127.0.0.1:{port}"
 
     def outage() -> None:
@@ -265,9 +243,9 @@ def test_tracking_server_down_for_a_while_loses_nothing(tmp_path: Path) -> None:
             if any(client.get_metric_history(r.info.run_id, "fid32") for r in runs):
                 break
             time.sleep(1)
-        _stop_server(server["proc"])
+        stop_server(server["proc"])
         time.sleep(20)
-        server["proc"] = _start_server(tmp_path, port)
+        server["proc"] = start_server(tmp_path, port)
 
     thread = threading.Thread(target=outage)
     thread.start()
@@ -290,4 +268,4 @@ def test_tracking_server_down_for_a_while_loses_nothing(tmp_path: Path) -> None:
             assert child.data.tags.get("outcome") in {"completed", "stopped_early"}
     finally:
         thread.join(timeout=400)
-        _stop_server(server["proc"])
+        stop_server(server["proc"])
