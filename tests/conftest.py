@@ -28,15 +28,22 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture(scope="session")
 def smoke_search(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One real smoke search (4 trials on shapes, the embedded sqlite MLflow store), shared by the
-    tests that look at what a finished search leaves behind: the MLflow UI, sampling, the report.
-    Returns the storage folder, the experiment folder and ``orchestrator.json``'s ids."""
+    """The README's walkthrough search, run once (4 trials on shapes, the embedded sqlite MLflow
+    store) in a fresh folder, and shared by the tests that look at what a finished search leaves
+    behind: the MLflow UI, sampling, the report, the README's commands. Returns its argv, the
+    storage folder (``FOLDER/runs``), the experiment folder and ``orchestrator.json``'s ids."""
     import json
 
     from orchestrator.search import main
 
-    storage = tmp_path_factory.mktemp("smoke") / "runs"
-    assert main(["shapes", "--smoke-test", "--storage", str(storage), "--name", "smoke"]) == 0
+    folder, argv = tmp_path_factory.mktemp("smoke"), ["shapes", "--smoke-test", "--name", "smoke"]
+    cwd = Path.cwd()
+    os.chdir(folder)  # the README's command, as a user types it: results under ./runs
+    try:
+        assert main(argv) == 0
+    finally:
+        os.chdir(cwd)
+    storage = folder / "runs"
     experiment = storage / "smoke"
     state = json.loads((experiment / "orchestrator.json").read_text())
-    return {"storage": storage, "experiment_dir": experiment, **state}
+    return {"argv": argv, "storage": storage, "experiment_dir": experiment, **state}
