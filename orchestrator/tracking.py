@@ -70,6 +70,7 @@ class MlflowTrialLogger(tune.Callback):
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._logged: dict[str, int] = {}  # trial id -> last step whose metrics are logged
         self._imaged: dict[str, int] = {}  # trial id -> last step whose sample grid is logged
+        self._started: dict[str, float] = {}  # trial id -> when its trial started (wall clock)
         self._pending: list[Callable[[], object]] = []  # logging postponed while MLflow is unreachable
         self._warned = False
 
@@ -77,6 +78,9 @@ class MlflowTrialLogger(tune.Callback):
         # operations still pending are closures: they stay with the live driver (which retries them
         # until the experiment ends), not with the pickled experiment state
         return {**self.__dict__, "_client": None, "_pending": [], "_warned": False}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"_started": {}, **state})  # a search saved before _started existed
 
     @property
     def client(self) -> MlflowClient:
@@ -103,7 +107,7 @@ class MlflowTrialLogger(tune.Callback):
     def _create_run(self, trial: Any) -> str:
         tags = {PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, "role": "trial"}
         # created at the first result, but dated from the trial's start: the UI's duration is honest
-        started = (trial.last_result or {}).get("started_at")
+        started = self._started.get(trial.trial_id)
         run = self.client.create_run(self.experiment_id, run_name=str(trial), tags=tags,
                                      start_time=int(started * 1000) if started else None)
         # every hyperparameter, the defaults a search did not vary included
@@ -113,6 +117,8 @@ class MlflowTrialLogger(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         step, now = int(result.get("step", 0)), int(time.time() * 1000)
+        if result.get("started_at"):  # Tune calls back before trial.last_result holds this result
+            self._started.setdefault(trial.trial_id, float(result["started_at"]))
         metrics = [
             Metric(key, float(value), now, step)
             for key, value in result.items()
