@@ -32,7 +32,7 @@ MODEL_PATH = "model"  # the logged model's artifact path on the best trial's run
 MODEL_TAG = "best_model_uri"  # on the parent run: where the best generator is
 RUN_MODEL_TAG = "model_uri"  # the same, on the best trial's run
 CHECKPOINT_ARTIFACT = "checkpoint/generator.pt"  # every trial's last generator, logged by tracking.py
-GENERATOR_FILE = "generator.pt"  # in a Tune checkpoint folder (trainable.GENERATOR_FILE)
+GENERATOR_FILE = "generator.pt"  # in a Tune checkpoint folder: the evaluation generator alone
 _NEEDED = ("config", "channels", "resolution", "generator")
 
 

@@ -27,9 +27,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from orchestrator.health import FAILED, STOPPED
+
 log = logging.getLogger(__name__)
 
-STOPPED, FAILED = "stopped_early", "failed"  # outcomes, as in tracking.py and runner.results_table
 EXTRA_METRICS = ("kid", "precision", "recall", "ndb_k", "mode_coverage", "diversity_ratio")
 LABELLED = 3  # trials named in fid_over_time's legend: more is unreadable at 64 trials
 WIDE = 10.0  # max/min ratio above which a positive axis goes log-scale

@@ -21,8 +21,8 @@ import pandas as pd
 
 from orchestrator.cli import UsageParser, run_main, tracking_uri
 from orchestrator.errors import ConfigError
+from orchestrator.health import FAILED
 
-FAILED = "failed"
 _FID = re.compile(r"fid\d+k?")
 _NUMBER = "{:.4g}".format
 

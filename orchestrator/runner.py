@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from orchestrator import data as datasets
+from orchestrator.health import FAILED, outcome
 from orchestrator.metrics.diversity import real_reference
 from orchestrator.metrics.inception import load_inception
 from orchestrator.search import Plan, git_commit, print_plan, read_state, write_state
@@ -183,9 +184,9 @@ def results_table(results: Any, key: str, max_evals: int) -> pd.DataFrame:
         last = result.metrics or {}
         evals = int(last.get("training_iteration", 0))
         mode = last.get("failure_mode") or ("error" if result.error else "")
-        outcome = "failed" if mode else "completed" if evals >= max_evals else "stopped_early"
         rows.append({
-            "trial_id": last.get("trial_id", ""), "outcome": outcome, "failure_mode": mode,
+            "trial_id": last.get("trial_id", ""), "outcome": outcome(bool(mode), evals, max_evals),
+            "failure_mode": mode,
             f"best_{key}": float(fids.min()) if len(fids) else math.inf,
             f"last_{key}": float(fids.iloc[-1]) if len(fids) else math.inf,
             "evals": evals, "steps": int(last.get("step", 0)),
@@ -221,7 +222,7 @@ def _summarise(plan: Plan, results: Any, client: Any, state: dict[str, Any], wal
     if modes:
         print("  failures: " + ", ".join(f"{n} {mode}" for mode, n in modes.items()))
     # a failed trial never wins, even if its FID was good before it collapsed
-    finite = table[table[f"best_{key}"].apply(math.isfinite) & (table["outcome"] != "failed")]
+    finite = table[table[f"best_{key}"].apply(math.isfinite) & (table["outcome"] != FAILED)]
     if finite.empty:
         print("no trial produced a finite FID")
         client.set_terminated(parent, "FINISHED")

@@ -25,13 +25,13 @@ from PIL import Image
 from ray import tune
 
 from orchestrator.config import TrialConfig
+from orchestrator.health import FAILED, LOST, outcome
 
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "trial_id"
 IMAGE_KEY = "samples"  # flat: keys with "/" have produced unreadable image artifacts in MLflow
-COMPLETED, STOPPED, FAILED, LOST = "completed", "stopped_early", "failed", "lost"
 FINAL_RETRIES, RETRY_SECONDS = 12, 5.0  # at the end, wait up to a minute for MLflow to come back
 _UNREACHABLE = (MlflowException, OSError, requests.exceptions.RequestException)
 
@@ -188,15 +188,10 @@ class MlflowTrialLogger(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
-        if result.get("failure"):
-            outcome = FAILED
-        elif result.get("training_iteration", 0) >= self.max_evals:
-            outcome = COMPLETED
-        else:
-            outcome = STOPPED  # ended before the budget without failing: a scheduler or stopper
-        self._tag(trial, {"outcome": outcome})
+        ended = outcome(bool(result.get("failure")), result.get("training_iteration", 0), self.max_evals)
+        self._tag(trial, {"outcome": ended})
         self._submit(lambda: self._log_generator(trial))
-        self._end(trial, "FAILED" if outcome == FAILED else "FINISHED")
+        self._end(trial, "FAILED" if ended == FAILED else "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         reason = (getattr(trial, "error_message", None) or "error").strip().splitlines()
@@ -213,7 +208,7 @@ class MlflowTrialLogger(tune.Callback):
                                                    tags=[RunTag(k, v) for k, v in tags.items()]))
 
     def _log_generator(self, trial: Any) -> None:
-        from orchestrator.trainable import GENERATOR_FILE
+        from orchestrator.export import GENERATOR_FILE
 
         checkpoint = trial.checkpoint
         if checkpoint is None:

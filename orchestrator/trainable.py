@@ -24,6 +24,7 @@ from ray.tune.result import DONE
 from orchestrator.config import RunSettings, TrialConfig
 from orchestrator.data import CachedDataset
 from orchestrator.errors import TrainingDiverged
+from orchestrator.export import GENERATOR_FILE  # the evaluation generator alone, for sampling
 from orchestrator.health import DIVERGED, Verdict
 from orchestrator.images import save_png
 from orchestrator.metrics.diversity import RealReference
@@ -36,7 +37,6 @@ from orchestrator.trial import TrialRunner, best_fid_key, fid_key
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"  # everything needed to resume
-GENERATOR_FILE = "generator.pt"  # the evaluation generator alone, for sampling
 GRID_FILE = "grid.png"  # samples from the fixed grid latents at this checkpoint
 REPORT_FILE = "report.json"  # the metrics reported at this checkpoint
 CURVE_FILES = ("loss_curves.png", "metric_curves.png")  # the trial's history so far, as pictures
