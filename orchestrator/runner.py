@@ -142,6 +142,8 @@ def _tune_config(plan: Plan) -> Any:
 def _run_config(plan: Plan, logger: Any) -> Any:
     from ray import tune
 
+    from orchestrator.history import KeepTrialHistory
+
     key = fid_key(plan.settings)
     return tune.RunConfig(
         name=plan.name,
@@ -152,7 +154,7 @@ def _run_config(plan: Plan, logger: Any) -> Any:
             checkpoint_frequency=1,
         ),
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
-        callbacks=[logger],
+        callbacks=[logger, KeepTrialHistory()],
         progress_reporter=tune.CLIReporter(
             metric_columns=[key, best_fid_key(plan.settings), "d_loss", "g_loss", "img_per_s",
                             "training_iteration"],
