@@ -10,8 +10,8 @@ Failure modes:
 - ``discriminator_wins``: D rejects every generated image (mean D(G(z)) near 0) while its own loss
   is ~0 or the generator's loss keeps rising: the generator gets no useful gradient;
 - ``vanishing_losses``: both losses at ~0 for several evaluations: neither net is learning;
-- ``mode_collapse``: generated samples cover a small part of the real data (recall far down, most
-  NDB bins different, or their Inception features far less spread than the real ones).
+- ``mode_collapse``: realistic generated samples cover a small part of the real data (recall far
+  down, most NDB bins different, or their Inception features far less spread than the real ones).
 """
 
 from __future__ import annotations
@@ -50,13 +50,14 @@ class HealthConfig:
     d_loss_floor: float = 0.01  # ... and D's loss below this: D has nothing left to learn
     g_rise_evals: int = 3  # ... or the G loss rose over this many evaluations in a row
     loss_floor: float = 1e-4  # |D loss| and |G loss| both below this: vanishing losses
-    # collapse is realistic samples of too few kinds; an untrained generator has low recall and
-    # high NDB too, but its samples are not realistic: recall, NDB and coverage only count when
-    # precision (or, on shapes, the decodable fraction) shows the samples look real
+    # collapse is realistic samples of too few kinds; an untrained generator has low recall, high
+    # NDB and little spread too (early on it draws the same blob for every z), but its samples are
+    # not realistic: recall, NDB, spread and coverage only count when precision (or, on shapes, the
+    # decodable fraction) shows the samples look real
     precision_floor: float = 0.5
     recall_min: float = 0.02  # recall below this: generated samples miss most of the real data
     ndb_max: float = 0.9  # NDB/K above this: almost every bin differs from the real data
-    diversity_min: float = 0.2  # feature spread of generated / real below this: on its own a collapse
+    diversity_min: float = 0.2  # feature spread of generated / real below this: too few kinds
     coverage_min: float = 0.0  # shapes only: fraction of the 32 classes produced (0 disables)
 
     @classmethod
@@ -150,7 +151,7 @@ def _mode_collapse(history: History, loss: str, cfg: HealthConfig) -> Verdict | 
         return r.get("precision", 0.0) >= cfg.precision_floor
 
     tests: dict[str, Callable[[Mapping[str, float]], bool]] = {
-        "diversity_ratio": lambda r: r["diversity_ratio"] < cfg.diversity_min,
+        "diversity_ratio": lambda r: r["diversity_ratio"] < cfg.diversity_min and realistic(r),
         "recall": lambda r: r["recall"] < cfg.recall_min and realistic(r),
         "ndb_k": lambda r: r["ndb_k"] > cfg.ndb_max and realistic(r),
         "mode_coverage": lambda r: r["mode_coverage"] < cfg.coverage_min and r.get("decodable", 0) >= 0.5,

@@ -86,6 +86,9 @@ def test_untrained_generator_is_bad_but_not_collapsed() -> None:
     early = {"d_loss": 0.2, "g_loss": 4.0, "d_fake": 0.1, "precision": 0.0, "recall": 0.0, "ndb_k": 1.0,
              "diversity_ratio": 0.45, "mode_coverage": 0.0, "decodable": 0.0}
     assert check([early] * 8, "bce", HealthConfig(coverage_min=0.5)) is None
+    # the same blob for every latent: a Food-101 trial was stopped on this spread (0.17) at step 42
+    blob = {**early, "diversity_ratio": 0.17}
+    assert check([blob] * 8, "bce", CFG) is None
     realistic = {**early, "precision": 0.9}
     verdict = check([realistic] * 8, "bce", CFG)
     assert verdict is not None and verdict.trigger == "recall" and verdict.evidence["precision"] == 0.9
