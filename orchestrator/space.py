@@ -35,7 +35,17 @@ from orchestrator.space_schema import (
 if TYPE_CHECKING:
     from ray.tune.search.optuna import OptunaSearch
 
-SPACES_DIR = Path(orchestrator.__file__).resolve().parents[1] / "search_spaces"
+
+
+def _spaces_dir() -> Path:
+    """Where the built-in spaces are: inside the package when installed from a wheel, else at the
+    top of the checkout (pyproject maps one onto the other)."""
+    package = Path(orchestrator.__file__).resolve().parent
+    installed = package / "search_spaces"
+    return installed if installed.is_dir() else package.parent / "search_spaces"
+
+
+SPACES_DIR = _spaces_dir()
 
 
 @dataclass(frozen=True)
