@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +12,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_a_wheel_carries_the_built_in_search_spaces(tmp_path: Path) -> None:
+    source = tmp_path / "source"  # a copy: setuptools leaves build/ in the tree it builds
+    for folder in ("orchestrator", "search_spaces"):
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     # build with the setuptools already here when there is one: no download
     isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation,
-                    "-w", str(tmp_path / "dist"), str(REPO)], check=True, capture_output=True)
+                    "-w", str(tmp_path / "dist"), str(source)], check=True, capture_output=True)
     wheel = next((tmp_path / "dist").glob("orchestrator-*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
                     str(tmp_path / "site"), str(wheel)], check=True, capture_output=True)
