@@ -1,8 +1,9 @@
 """img/s of one trial's training step, and whether the fast path trains the same.
 
-The 64-px DCGAN step (ngf = ndf = 64, nz = 100, Adam, bce; ``orchestrator.train.train_step``), data
-already on the device: plain fp32 eager vs the product's fast path (bf16 autocast + channels_last,
-the default on CUDA), at batch 64 and 512; each rate the median of ``--repeats`` timed windows.
+The 64-px DCGAN step (ngf = ndf = 64, nz = 100, Adam, bce), data already on the device, run as a
+trial runs it (``orchestrator.train.train_steps``: statistics read every 16 steps, both columns):
+plain fp32 eager vs the product's fast path (bf16 autocast + channels_last, the default on CUDA),
+at batch 64 and 512; each rate the median of ``--repeats`` timed windows.
 Target (issue 6): the fast path at batch 64 >= 2.5x fp32 eager.
 
 Then the loss curves: ``--curve-steps`` steps at batch 64 from one seed, fp32 and fast, each loss
@@ -27,7 +28,7 @@ from common import add_common_args, median, rate, report, table, timed
 from orchestrator.config import TrialConfig
 from orchestrator.data import DeviceImages
 from orchestrator.shapes import draw_shapes
-from orchestrator.train import GANState, build_state, train_step
+from orchestrator.train import GANState, build_state, train_step, train_steps
 
 SHAPES_IMAGES = 4096
 
@@ -41,12 +42,10 @@ def make(device: torch.device, batch: int, fast: bool, seed: int = 0) -> tuple[G
 def throughput(device: torch.device, batch: int, fast: bool, args: argparse.Namespace) -> float:
     """img/s: the median of ``repeats`` windows of ``steps`` steps, after ``warmup`` steps."""
     state, data = make(device, batch, fast)
-    for _ in range(args.warmup):
-        train_step(state, data)
+    train_steps(state, data, args.warmup)
 
     def window() -> None:
-        for _ in range(args.steps):
-            train_step(state, data)
+        train_steps(state, data, args.steps)
 
     return args.steps * batch / median([timed(window, device) for _ in range(args.repeats)])
 

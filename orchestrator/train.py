@@ -22,6 +22,10 @@ from orchestrator.errors import TrainingDiverged
 from orchestrator.losses import LOSSES, gradient_penalty
 from orchestrator.models import Discriminator, Generator, build_models
 
+# steps queued between reads of their statistics: a read waits for the device, so reading after
+# every step keeps the CPU from queueing ahead of the GPU, and small GAN steps are launch-bound
+READ_EVERY = 16
+
 
 class ImageSource(Protocol):
     def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor: ...
@@ -137,6 +141,40 @@ def _prepare(state: GANState, images: torch.Tensor) -> torch.Tensor:
 
 def train_step(state: GANState, data: ImageSource) -> StepStats:
     """``n_critic`` discriminator steps, then one generator step; raises TrainingDiverged on NaN/inf."""
+    stats = StepStats(*queue_step(state, data).tolist())
+    check_finite(stats, state.step)
+    return stats
+
+
+def train_steps(
+    state: GANState, data: ImageSource, steps: int, read_every: int = READ_EVERY
+) -> list[StepStats]:
+    """``steps`` training steps, their statistics read from the device every ``read_every`` steps
+    (one sync each time). Raises TrainingDiverged naming the first step whose loss was NaN/inf,
+    seen at the next read: up to ``read_every - 1`` steps late."""
+    stats: list[StepStats] = []
+    queued: list[torch.Tensor] = []
+    for done in range(1, steps + 1):
+        queued.append(queue_step(state, data))
+        if len(queued) == read_every or done == steps:
+            first = state.step - len(queued) + 1
+            for offset, row in enumerate(torch.stack(queued).cpu().tolist()):
+                stats.append(StepStats(*row))
+                check_finite(stats[-1], first + offset)
+            queued.clear()
+    return stats
+
+
+def check_finite(stats: StepStats, step: int) -> None:
+    for name in ("d_loss", "g_loss"):
+        if not math.isfinite(getattr(stats, name)):
+            raise TrainingDiverged(name, step)
+
+
+def queue_step(state: GANState, data: ImageSource) -> torch.Tensor:
+    """``train_step`` without waiting for the device: the step's ``StepStats`` values as one tensor
+    on the device, unchecked. A loop that reads them every few steps lets the CPU queue the next
+    steps' kernels while the GPU runs (``train_steps``)."""
     cfg, loss = state.config, LOSSES[state.config.loss]
     G, D = state.generator, state.discriminator
     G.train()
@@ -173,20 +211,16 @@ def train_step(state: GANState, data: ImageSource) -> StepStats:
     state.step += 1
 
     to_prob = torch.sigmoid if loss.probabilities else (lambda t: t)
-    values = torch.stack(
-        [d_loss.detach(), g_loss.detach(), to_prob(real_scores.detach()).mean(),
+    return torch.stack(
+        [d_loss.detach().float(), g_loss.detach().float(), to_prob(real_scores.detach()).mean(),
          to_prob(fake_scores.detach()).mean(), d_norm, g_norm]
-    ).tolist()  # one device sync per step, for all six numbers
-    stats = StepStats(*values)
-    for name in ("d_loss", "g_loss"):
-        if not math.isfinite(getattr(stats, name)):
-            raise TrainingDiverged(name, state.step)
-    return stats
+    )
 
 
 def _grad_norm(net: nn.Module) -> torch.Tensor:
+    # multi-tensor norms: a couple of kernel launches for the whole net, not one per parameter
     grads = [p.grad for p in net.parameters() if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).float()
 
 
 @torch.no_grad()
@@ -194,10 +228,9 @@ def _update_ema(state: GANState) -> None:
     if state.ema is None:
         return
     weight = 1.0 - state.config.ema_decay
-    for e, p in zip(state.ema.parameters(), state.generator.parameters(), strict=True):
-        e.lerp_(p, weight)
-    for buf, src in zip(state.ema.buffers(), state.generator.buffers(), strict=True):
-        buf.copy_(src)
+    # multi-tensor ops, as the fused optimisers use: one launch per op for the whole net
+    torch._foreach_lerp_(list(state.ema.parameters()), list(state.generator.parameters()), weight)
+    torch._foreach_copy_(list(state.ema.buffers()), list(state.generator.buffers()))
 
 
 @torch.no_grad()

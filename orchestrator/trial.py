@@ -38,7 +38,7 @@ from orchestrator.train import (
     generate,
     load_state_dict,
     state_dict,
-    train_step,
+    train_steps,
 )
 
 GRID_SIZE = 64  # images in each sample grid
@@ -119,11 +119,8 @@ class TrialRunner:
         """``steps`` generator steps; raises TrainingDiverged at the first NaN/inf loss."""
         cfg = self.state.config
         start = time.perf_counter()
-        for _ in range(steps):
-            stats = train_step(self.state, self.images)
+        for stats in train_steps(self.state, self.images, steps):
             self.meter.add(vars(stats))
-        if self.state.cuda:
-            torch.cuda.synchronize(self.state.device)
         self.meter.seconds += time.perf_counter() - start
         self.meter.images += steps * cfg.batch_size * cfg.n_critic
 

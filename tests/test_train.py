@@ -12,7 +12,7 @@ from orchestrator.errors import ConfigError, TrainingDiverged
 from orchestrator.losses import LOSSES as LOSS_FNS
 from orchestrator.losses import gradient_penalty
 from orchestrator.models import Discriminator, Generator
-from orchestrator.train import build_state, generate, load_state_dict, state_dict, train_step
+from orchestrator.train import build_state, generate, load_state_dict, state_dict, train_step, train_steps
 
 SMALL = {"nz": 16, "ngf": 8, "ndf": 8, "batch_size": 16}
 
@@ -180,6 +180,44 @@ def test_nan_raises_at_once() -> None:
     state = _state()
     with pytest.raises(TrainingDiverged, match="not finite at step 1"):
         train_step(state, Blobs(value=math.nan))
+
+
+class TurnsNaN(Blobs):
+    """Blobs until the ``after``-th batch, NaN from then on."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after, self.calls = after, 0
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        self.calls += 1
+        batch = super().sample(batch_size, generator)
+        return batch.fill_(math.nan) if self.calls >= self.after else batch
+
+
+def test_steps_read_in_batches_are_the_steps_one_by_one() -> None:
+    one, batched = _state(seed=3, ema_decay=0.9), _state(seed=3, ema_decay=0.9)
+    expected = [train_step(one, Blobs()) for _ in range(10)]
+    assert train_steps(batched, Blobs(), 10, read_every=4) == expected and batched.step == 10
+    for a, b in zip(state_dict(one)["ema"].values(), state_dict(batched)["ema"].values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_nan_between_reads_names_its_own_step() -> None:
+    state = _state()
+    with pytest.raises(TrainingDiverged, match="not finite at step 6"):
+        train_steps(state, TurnsNaN(after=6), 20, read_every=4)
+    assert state.step == 8  # seen at the read after step 8, not later
+
+
+def test_ema_is_the_decayed_average_of_the_generator() -> None:
+    state = _state(ema_decay=0.9)
+    before = [p.detach().clone() for p in state.ema.parameters()]
+    train_step(state, Blobs())
+    for e, old, g in zip(state.ema.parameters(), before, state.generator.parameters(), strict=True):
+        assert torch.allclose(e, old + 0.1 * (g.detach() - old), atol=1e-7)
+    for e, g in zip(state.ema.buffers(), state.generator.buffers(), strict=True):
+        assert torch.equal(e, g)  # BatchNorm's running statistics are copied, not averaged
 
 
 def test_generate_is_independent_of_batch() -> None:
