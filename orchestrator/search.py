@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-evals", type=int, help="evaluations per trial at most (ASHA max_t; space default)")
     p.add_argument("--eval-every", type=int, help="generator steps per evaluation (space default)")
     p.add_argument("--fid-n", type=int, help="images per FID (space default)")
+    p.add_argument("--grace-period", type=int, help="evaluations before ASHA may stop a trial (space "
+                   "default; equal to --max-evals: no early stopping)")
+    p.add_argument("--reduction-factor", type=float, help="ASHA keeps 1 in this many at each rung (space "
+                   "default, >= 2)")
     p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 (default: 0.25 "
                    "when a GPU is visible, else 0)")
     p.add_argument("--cpus-per-trial", type=float, help="CPU share per trial (default 1 with a GPU, "
@@ -103,10 +107,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
     budget, smoke = space.budget, SMOKE if args.smoke_test else {}
     if args.smoke_test:
         space = _with_weak_start(space)
-    for flag in ("num_samples", "max_evals", "eval_every", "fid_n", "max_concurrent", "cpus_per_trial"):
+    for flag in ("num_samples", "max_evals", "eval_every", "fid_n", "max_concurrent", "cpus_per_trial",
+                 "grace_period"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise ConfigError(f"--{flag.replace('_', '-')} {value} must be positive")
+    if args.reduction_factor is not None and not args.reduction_factor >= 2:
+        raise ConfigError(f"--reduction-factor {args.reduction_factor:g} must be at least 2")
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else _default_gpu_share(args.address)
     if not 0 <= gpus <= 8:
         raise ConfigError(f"--gpus-per-trial {gpus} must be in [0, 8]")
@@ -136,10 +143,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
     # the budget the search will really run (flags and --smoke-test override the file), so the
     # printed plan and the parent run's params say what happened
+    grace_period = args.grace_period or smoke.get("grace_period") or budget.grace_period
+    if args.grace_period and grace_period > max_evals:
+        raise ConfigError(f"--grace-period {grace_period} exceeds max_evals {max_evals}")
     budget = dataclasses.replace(
         budget, eval_every=settings.eval_every, fid_n=settings.fid_n, max_evals=max_evals,
-        grace_period=min(smoke.get("grace_period") or budget.grace_period, max_evals),
-        reduction_factor=smoke.get("reduction_factor") or budget.reduction_factor,
+        grace_period=min(grace_period, max_evals),
+        reduction_factor=args.reduction_factor or smoke.get("reduction_factor") or budget.reduction_factor,
     )
     return Plan(
         space=dataclasses.replace(space, budget=budget),

@@ -141,12 +141,22 @@ def test_dry_run_prints_plan_and_starts_nothing(tmp_path: Path, capsys: pytest.C
     assert list(tmp_path.iterdir()) == []
 
 
+def test_flags_set_how_early_asha_stops(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["shapes", "--dry-run", "--max-evals", "9", "--grace-period", "2",
+                 "--reduction-factor", "3"]) == 0
+    assert "max_t=9 grace_period=2 reduction_factor=3" in capsys.readouterr().out
+    assert main(["shapes", "--dry-run", "--max-evals", "4", "--grace-period", "4"]) == 0
+    assert "max_t=4 grace_period=4" in capsys.readouterr().out  # no rung before the end: no early stop
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["shapez", "--dry-run"], "did you mean 'shapes'"),
         (["shapes", "--dry-run", "--num-samples", "0"], "--num-samples 0 must be positive"),
         (["shapes", "--dry-run", "--gpus-per-trial", "-1"], "--gpus-per-trial -1"),
+        (["shapes", "--dry-run", "--max-evals", "4", "--grace-period", "5"], "--grace-period 5 exceeds"),
+        (["shapes", "--dry-run", "--reduction-factor", "1.5"], "--reduction-factor 1.5 must be at least 2"),
         (["shapes", "--resume", "--name", "nothing-here"], "holds no search to resume"),
         (["shapes", "--smoke-test", "--mlflow-uri", "http://127.0.0.1:9"], "no MLflow server answers"),
     ],
