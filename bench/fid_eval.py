@@ -43,8 +43,8 @@ from orchestrator.metrics.fid import (
     FeatureStats,
     fid,
     generated_features,
-    reference_stats,
 )
+from orchestrator.metrics.reference import reference_stats
 from orchestrator.shapes import draw_shapes
 from orchestrator.train import GANState, fixed_latents, generate, train_step
 

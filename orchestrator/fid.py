@@ -22,9 +22,10 @@ from PIL import Image, UnidentifiedImageError
 from orchestrator.cli import UsageParser, run_main
 from orchestrator.config import RunSettings, default_cache_dir
 from orchestrator.errors import ConfigError, DataError, did_you_mean
-from orchestrator.metrics.fid import FeatureStats, extract_stats, fid, metric_name, reference_stats
+from orchestrator.metrics.fid import FeatureStats, extract_stats, fid, metric_name
 from orchestrator.metrics.fid import select as select_images
 from orchestrator.metrics.inception import FeatureExtractor, load_inception
+from orchestrator.metrics.reference import reference_stats
 
 if TYPE_CHECKING:
     from orchestrator.data import DataSpec
@@ -81,18 +82,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def source_kind(source: str, args: argparse.Namespace) -> str:
     """The source's kind ("folder", "npz" or "dataset"); a DataError naming it if none fits."""
     from orchestrator import data  # lazily: folders and .npz files need no dataset code
+    from orchestrator.sources import DATASETS, FOLDER_PREFIX
 
     path = Path(source)
     if path.is_dir():
         return "folder"
     if path.suffix == ".npz" and path.is_file():
         return "npz"
-    if source in data.DATASETS or source.startswith(data.FOLDER_PREFIX):
+    if source in DATASETS or source.startswith(FOLDER_PREFIX):
         data.validate(_spec(source, args))
         return "dataset"
     what = "is not a folder of images or an .npz file" if path.exists() else "does not exist"
     raise DataError(
-        f"{source!r} {what}, nor a dataset ({', '.join(data.DATASETS)}){did_you_mean(source, data.DATASETS)}"
+        f"{source!r} {what}, nor a dataset ({', '.join(DATASETS)}){did_you_mean(source, DATASETS)}"
     )
 
 

@@ -23,10 +23,9 @@ from orchestrator.metrics.fid import (
     generated_features,
     generated_stats,
     metric_name,
-    reference_features,
-    reference_stats,
 )
 from orchestrator.metrics.inception_score import inception_score
+from orchestrator.metrics.reference import features_path, reference_features, reference_stats, stats_path
 
 
 def features(n: int, dims: int, seed: int, scale: float = 1.0) -> np.ndarray:
@@ -349,8 +348,8 @@ def test_stats_cache_key_is_unchanged(tmp_path) -> None:
     """Statistics cached before raw features were added must still be found."""
     record = {"data": "toy", "n": 30, "extractor": "net", "seed": fidlib.SELECTION_SEED, "version": 1}
     digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:24]
-    assert fidlib.stats_path(tmp_path, "toy", 30, "net") == tmp_path / "fid_stats" / f"{digest}.npz"
-    assert fidlib.features_path(tmp_path, "toy", 30, "net", 10).name.startswith("features-")
+    assert stats_path(tmp_path, "toy", 30, "net") == tmp_path / "fid_stats" / f"{digest}.npz"
+    assert features_path(tmp_path, "toy", 30, "net", 10).name.startswith("features-")
 
 
 # --- Inception Score

@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from orchestrator.atomic import atomic_write
 from orchestrator.errors import ConfigError, DataError
-from orchestrator.metrics.fid import MAX_KEEP, FeatureStats, atomic_write, cache_path, reference_features
+from orchestrator.metrics.fid import MAX_KEEP, FeatureStats
 from orchestrator.metrics.inception import FeatureExtractor
+from orchestrator.metrics.reference import cache_path, reference_features
 
 log = logging.getLogger(__name__)
 
