@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import data as datasets
+from orchestrator import sources
 from orchestrator.atomic import atomic_write
 from orchestrator.cli import run_main
 from orchestrator.config import RunSettings, default_cache_dir
@@ -42,7 +43,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m orchestrator.search", description=__doc__.split("\n")[0])
-    p.add_argument("dataset", help=f"one of {', '.join(datasets.DATASETS)} or folder:PATH")
+    p.add_argument("dataset", help=f"one of {', '.join(sources.DATASETS)} or folder:PATH")
     p.add_argument("--space", type=Path, help="search-space YAML (default search_spaces/DATASET.yaml)")
     p.add_argument("--num-samples", type=int, help="trials to sample (default 16)")
     p.add_argument("--max-evals", type=int, help="evaluations per trial at most (ASHA max_t; space default)")

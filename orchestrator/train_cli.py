@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from orchestrator import data as datasets
+from orchestrator import sources
 from orchestrator.cli import run_main
 from orchestrator.config import RunSettings, TrialConfig, default_cache_dir
 from orchestrator.errors import ConfigError, TrainingDiverged
@@ -28,7 +29,7 @@ log = logging.getLogger("orchestrator.train")
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m orchestrator.train", description=__doc__.split("\n")[0])
-    p.add_argument("dataset", help=f"one of {', '.join(datasets.DATASETS)} or folder:PATH")
+    p.add_argument("dataset", help=f"one of {', '.join(sources.DATASETS)} or folder:PATH")
     p.add_argument("--config", type=Path, help="trial hyperparameters as YAML (TrialConfig keys)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=float, help="passes over the training images (default 5)")

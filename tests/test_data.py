@@ -237,7 +237,7 @@ def test_process_pool_decodes_the_same(folder: Path, tmp_path: Path, monkeypatch
     serial = prepare_dataset(spec, tmp_path / "serial", progress=False)
     monkeypatch.setattr(datacache, "_CHUNK", 4)
     monkeypatch.setattr(datacache, "_MIN_POOL_FILES", 0)
-    monkeypatch.setattr(data.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(datacache.os, "cpu_count", lambda: 2)
     pooled = prepare_dataset(spec, tmp_path / "pooled", progress=False)
     assert pooled.images.tobytes() == serial.images.tobytes()
     assert pooled.labels.tolist() == serial.labels.tolist()
