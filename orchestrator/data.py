@@ -211,7 +211,9 @@ def _build(spec: DataSpec, source: Source, data_dir: Path, key: str, progress: b
         "class_names": names,
         "skipped": skipped,
     }
-    write_cache(data_dir, key, images[keep], labels[keep], meta)
+    if failures:  # indexing copies: only when there are unreadable files to drop
+        images, labels = images[keep], labels[keep]
+    write_cache(data_dir, key, images, labels, meta)
 
 
 def _check_failures(failures: list[Failure], total: int) -> list[dict[str, str]]:

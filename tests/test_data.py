@@ -243,6 +243,13 @@ def test_process_pool_decodes_the_same(folder: Path, tmp_path: Path, monkeypatch
     assert pooled.labels.tolist() == serial.labels.tolist()
 
 
+@pytest.mark.parametrize(("files", "cores", "size"),
+                         [(101_000, 16, 256), (1_000, 16, 16), (2_000, 2, 250), (3, 16, 1), (600, 1, 150)])
+def test_chunks_keep_every_core_busy(files: int, cores: int, size: int) -> None:
+    """Full chunks of 256 on big sets; on small ones, a few tasks for every core."""
+    assert datacache.chunk_size(files, cores) == size
+
+
 # --- the cache
 
 
