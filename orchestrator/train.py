@@ -230,7 +230,9 @@ def _update_ema(state: GANState) -> None:
     weight = 1.0 - state.config.ema_decay
     # multi-tensor ops, as the fused optimisers use: one launch per op for the whole net
     torch._foreach_lerp_(list(state.ema.parameters()), list(state.generator.parameters()), weight)
-    torch._foreach_copy_(list(state.ema.buffers()), list(state.generator.buffers()))
+    buffers = list(state.ema.buffers())
+    if buffers:  # foreach ops reject empty lists; a generator without batch norm has none
+        torch._foreach_copy_(buffers, list(state.generator.buffers()))
 
 
 @torch.no_grad()
