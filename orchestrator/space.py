@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from ray.tune.search.optuna import OptunaSearch
 
 
-
 def _spaces_dir() -> Path:
     """Where the built-in spaces are: inside the package when installed from a wheel, else at the
     top of the checkout (pyproject maps one onto the other)."""
