@@ -39,7 +39,7 @@ def worker(device: str, batch: int, steps: int, warmup: int, threads: int, barri
     """Runs in its own process: warm up, meet the others, time ``steps`` steps, put (start, end)."""
     torch.set_num_threads(threads)
     dev = torch.device(device)
-    state, data = make(dev, batch, fast=dev.type == "cuda")  # the product's default on each device
+    state, data = make(dev, batch)  # the product's default on each device
     for _ in range(warmup):
         train_step(state, data)
     sync(dev)

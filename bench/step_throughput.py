@@ -3,6 +3,7 @@
 The 64-px DCGAN step (ngf = ndf = 64, nz = 100, Adam, bce), data already on the device, run as a
 trial runs it (``orchestrator.train.train_steps``: statistics read every 16 steps, both columns):
 plain fp32 eager vs the product's fast path (bf16 autocast + channels_last, the default on CUDA),
+and fp16 autocast + channels_last with its loss scalers (the default on GPUs without native bf16),
 at batch 64 and 512; each rate the median of ``--repeats`` timed windows.
 Target (issue 6): the fast path at batch 64 >= 2.5x fp32 eager.
 
@@ -27,21 +28,26 @@ from common import add_common_args, median, rate, report, table, timed
 
 from orchestrator.config import TrialConfig
 from orchestrator.data import DeviceImages
+from orchestrator.placement import place
 from orchestrator.shapes import draw_shapes
 from orchestrator.train import GANState, build_state, train_step, train_steps
 
 SHAPES_IMAGES = 4096
 
 
-def make(device: torch.device, batch: int, fast: bool, seed: int = 0) -> tuple[GANState, DeviceImages]:
+def make(device: torch.device, batch: int, precision: str = "auto", seed: int = 0
+         ) -> tuple[GANState, DeviceImages]:
+    """A trial's state and data; ``auto`` is the product's default on ``device``, an explicit
+    precision runs channels_last unless it is fp32 (the eager baseline)."""
+    placement = place(device, precision, channels_last=None if precision == "auto" else precision != "fp32")
     images, _ = draw_shapes("train", 64, SHAPES_IMAGES)
-    data = DeviceImages(images, device, channels_last=fast)
-    return build_state(TrialConfig(batch_size=batch), 3, 64, device, seed=seed, fast=fast), data
+    data = DeviceImages(images, device, channels_last=placement.channels_last)
+    return build_state(TrialConfig(batch_size=batch), 3, 64, placement, seed=seed), data
 
 
-def throughput(device: torch.device, batch: int, fast: bool, args: argparse.Namespace) -> float:
+def throughput(device: torch.device, batch: int, precision: str, args: argparse.Namespace) -> float:
     """img/s: the median of ``repeats`` windows of ``steps`` steps, after ``warmup`` steps."""
-    state, data = make(device, batch, fast)
+    state, data = make(device, batch, precision)
     train_steps(state, data, args.warmup)
 
     def window() -> None:
@@ -50,9 +56,9 @@ def throughput(device: torch.device, batch: int, fast: bool, args: argparse.Name
     return args.steps * batch / median([timed(window, device) for _ in range(args.repeats)])
 
 
-def losses(device: torch.device, fast: bool, seed: int, steps: int, batch: int) -> np.ndarray:
+def losses(device: torch.device, precision: str, seed: int, steps: int, batch: int) -> np.ndarray:
     """[steps, 2]: d_loss and g_loss of every step."""
-    state, data = make(device, batch, fast, seed)
+    state, data = make(device, batch, precision, seed)
     rows = []
     for _ in range(steps):
         stats = train_step(state, data)
@@ -75,8 +81,8 @@ def relative_difference(a: np.ndarray, b: np.ndarray, window: int) -> tuple[np.n
 
 def curve_rows(device: torch.device, args: argparse.Namespace) -> list[list[str]]:
     n, w, b = args.curve_steps, min(args.smooth, args.curve_steps), args.curve_batch
-    fp32, fast, other_seed = (losses(device, False, 0, n, b), losses(device, True, 0, n, b),
-                              losses(device, False, 1, n, b))
+    fp32, fast, other_seed = (losses(device, "fp32", 0, n, b), losses(device, "bf16", 0, n, b),
+                              losses(device, "fp32", 1, n, b))
     rows = []
     for label, (mx, mean) in (("fast vs fp32, seed 0", relative_difference(fast, fp32, w)),
                               ("fp32 seed 1 vs seed 0 (noise)", relative_difference(other_seed, fp32, w))):
@@ -98,10 +104,12 @@ def main() -> None:
     device = torch.device(args.device)
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
-        fp32 = throughput(device, batch, False, args)
-        fast = throughput(device, batch, True, args)
-        rows.append([batch, rate(fp32), rate(fast), f"{fast / fp32:.2f}x"])
-    lines = table(["batch", "fp32 eager img/s", "bf16 + channels_last img/s", "speed-up"], rows)
+        fp32 = throughput(device, batch, "fp32", args)
+        fast = throughput(device, batch, "bf16", args)
+        half = throughput(device, batch, "fp16", args)
+        rows.append([batch, rate(fp32), rate(fast), f"{fast / fp32:.2f}x", rate(half), f"{half / fp32:.2f}x"])
+    lines = table(["batch", "fp32 eager img/s", "bf16 + channels_last img/s", "speed-up",
+                   "fp16 + channels_last + loss scaling img/s", "speed-up"], rows)
     # "fp32" is PyTorch's default, which lets cuDNN use tf32 for convolutions: say which it was
     tf32 = torch.backends.cudnn.allow_tf32
     lines += ["", f"fp32 eager as PyTorch's defaults leave it: cudnn.allow_tf32={tf32}, "

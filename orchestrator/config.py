@@ -23,6 +23,7 @@ LOSSES = ("bce", "wgan", "wgan-gp", "hinge", "lsgan")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 D_NORMS = ("batch", "spectral", "none")
 RESOLUTIONS = (32, 64)
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # what a trial computes in (orchestrator.placement)
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class RunSettings:
     eval_seed: int = 12345  # fixes the latents of every FID and every image grid
     seed: int = 0  # fixes weights and data order
     device: str = "auto"  # "auto" picks cuda when present
+    precision: str = "auto"  # autocast dtype: auto | bf16 | fp16 | fp32 (orchestrator.placement)
     health: HealthConfig = field(default_factory=HealthConfig)  # failure-detector thresholds
 
     def __post_init__(self) -> None:
@@ -121,6 +123,14 @@ class RunSettings:
             raise ConfigError(f"fid_n={self.fid_n} must be at least 2")
         if self.eval_every < 1:
             raise ConfigError(f"eval_every={self.eval_every} must be at least 1")
+        check_choice("precision", self.precision, PRECISIONS)
+
+
+def check_choice(flag: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        hint = did_you_mean(value, choices)
+        raise ConfigError(f"{flag} {value!r} is not one of {', '.join(choices)}{hint}")
+    return value
 
 
 def default_cache_dir() -> Path:

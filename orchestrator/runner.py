@@ -18,9 +18,9 @@ from orchestrator import data as datasets
 from orchestrator.health import FAILED, outcome
 from orchestrator.metrics.diversity import real_reference
 from orchestrator.metrics.inception import load_inception
+from orchestrator.placement import resolve_device
 from orchestrator.search import Plan, git_commit, print_plan, read_state, write_state
 from orchestrator.space_schema import walk_params
-from orchestrator.train import resolve_device
 from orchestrator.trial import best_fid_key, check_fid_n, fid_key
 
 log = logging.getLogger("orchestrator.search")
@@ -106,7 +106,8 @@ def _parent_run(plan: Plan, client: Any, uri: str, args: argparse.Namespace, arg
         "fid_n": plan.settings.fid_n, "grace_period": plan.grace_period,
         "reduction_factor": plan.reduction_factor, "seed": plan.settings.seed,
         "gpus_per_trial": plan.resources["gpu"], "cpus_per_trial": plan.resources["cpu"],
-        "max_concurrent": plan.max_concurrent, "argv": " ".join(argv), **identity,
+        "max_concurrent": plan.max_concurrent, "precision": plan.settings.precision, "argv": " ".join(argv),
+        **identity,
     }
     tags = {"git_commit": git_commit(), "space_file": str(plan.space.path),
             "metric": best_fid_key(plan.settings), **identity}

@@ -23,8 +23,9 @@ from orchestrator import data as datasets
 from orchestrator import sources
 from orchestrator.atomic import atomic_write
 from orchestrator.cli import run_main
-from orchestrator.config import RunSettings, default_cache_dir
+from orchestrator.config import PRECISIONS, RunSettings, default_cache_dir
 from orchestrator.errors import ConfigError
+from orchestrator.placement import place
 from orchestrator.space import SearchSpace, describe, load_space, space_path
 
 log = logging.getLogger("orchestrator.search")
@@ -59,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                    "else the cores divided among the concurrent trials)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), help="what trials compute on (default: "
                    "cuda with a GPU share, else cpu; cpu with a GPU share schedules by logical GPUs)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="what trials compute in (default "
+                   "auto: bf16 on GPUs with native bf16, else fp16 with loss scaling; fp32 on the CPU)")
     p.add_argument("--max-concurrent", type=int, help="trials running at once (default 4)")
     p.add_argument("--max-failures", type=int, default=3,
                    help="restarts of a crashed trial from its last checkpoint (default 3)")
@@ -124,6 +127,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if device == "cuda" and not args.address and not _cuda_visible():
         raise ConfigError(f"--gpus-per-trial {gpus:g} but torch sees no GPU on this machine; leave it out to "
                           "run on the CPU, or pass --address of a cluster with GPU nodes")
+    if device == "cuda" and not args.address:
+        place("cuda", args.precision)  # e.g. bf16 on a GPU without it: one line now, not in every trial
     settings = RunSettings(
         dataset=args.dataset,
         resolution=space.resolution,
@@ -136,6 +141,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         fid_n=args.fid_n or smoke.get("fid_n") or budget.fid_n,
         seed=args.seed,
         device=device,
+        precision=args.precision,
         health=space.health,
     )
     max_evals = args.max_evals or smoke.get("max_evals") or budget.max_evals
@@ -212,8 +218,18 @@ def print_plan(plan: Plan) -> None:
           f"max_t={plan.max_evals} grace_period={plan.grace_period} "
           f"reduction_factor={plan.reduction_factor}")
     print(f"trials: {plan.num_samples}, at most {plan.max_concurrent} at once, each "
-          f"{plan.resources['cpu']:g} CPU + {plan.resources['gpu']:g} GPU")
+          f"{plan.resources['cpu']:g} CPU + {plan.resources['gpu']:g} GPU, on {plan.settings.device} in "
+          f"{describe_precision(plan.settings)}")
     print(f"results: {plan.experiment_dir}")
+
+
+def describe_precision(settings: RunSettings) -> str:
+    """The precision as the trials will resolve it (a cluster's GPUs are unknown until they run)."""
+    if settings.precision != "auto":
+        return settings.precision
+    if settings.device == "cpu":
+        return "fp32 (auto)"
+    return "bf16 (auto; fp16 with loss scaling on GPUs without native bf16)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

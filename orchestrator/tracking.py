@@ -124,7 +124,7 @@ class MlflowTrialLogger(tune.Callback):
             for key, value in result.items()
             if isinstance(value, (int, float)) and not isinstance(value, bool) and _is_metric(key)
         ]
-        tags = {key: str(result[key]) for key in ("node_ip", "node_id") if result.get(key)}
+        tags = {key: str(result[key]) for key in PLACEMENT_TAGS if result.get(key)}
         if result.get("failure"):
             tags |= {"outcome": FAILED, "failure_reason": str(result["failure"]),
                     "failure_mode": str(result.get("failure_mode") or "diverged")}
@@ -230,6 +230,10 @@ def mark_lost_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,
         client.set_tag(run.info.run_id, "failure_reason", "the driver stopped before Tune saved this trial")
         client.set_terminated(run.info.run_id, "KILLED")
     return len(lost)
+
+
+# where the trial last ran, and in which number format (the trainable reports them)
+PLACEMENT_TAGS = ("node_ip", "node_id", "device", "precision")
 
 
 def _is_metric(key: str) -> bool:

@@ -1,16 +1,20 @@
 """The GAN training step: plain PyTorch, no Ray, usable in a notebook.
 
 ``build_state`` makes the nets and optimisers from a TrialConfig; ``train_step`` does ``n_critic``
-discriminator steps and one generator step. On CUDA it runs in bf16 autocast with channels_last
-tensors and fused optimisers; on the CPU in fp32, seeded and deterministic.
+discriminator steps and one generator step. Where and in which number format it computes is the
+state's ``Placement`` (``orchestrator.placement``): by default bf16 autocast with channels_last
+tensors on CUDA (fp16 with a gradient scaler on GPUs without native bf16), fp32 on the CPU; fused
+optimisers wherever torch has them. The step itself has no device branch: the CPU tests run it in
+every precision and memory format a GPU uses.
 
 ``python -m orchestrator.train DATASET`` trains one trial without Ray (see ``orchestrator.trial``).
 """
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,6 +25,9 @@ from orchestrator.config import TrialConfig
 from orchestrator.errors import TrainingDiverged
 from orchestrator.losses import LOSSES, gradient_penalty
 from orchestrator.models import Discriminator, Generator, build_models
+from orchestrator.placement import Placement, place
+
+log = logging.getLogger(__name__)
 
 # steps queued between reads of their statistics: a read waits for the device, so reading after
 # every step keeps the CPU from queueing ahead of the GPU, and small GAN steps are launch-bound
@@ -49,12 +56,18 @@ class GANState:
     ema: Generator | None
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
-    rng: torch.Generator  # drives latents, data order and interpolates; lives on `device`
-    device: torch.device
+    rng: torch.Generator  # drives latents, data order and interpolates; draws on `device`
+    placement: Placement
     channels: int
     resolution: int
+    seed: int = 0
     step: int = 0  # generator steps taken
-    fast: bool = False  # bf16 autocast + channels_last (the default on CUDA)
+    scaler_g: torch.amp.GradScaler | None = None  # fp16 only: each net's loss scale
+    scaler_d: torch.amp.GradScaler | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.placement.device
 
     @property
     def cuda(self) -> bool:
@@ -66,77 +79,60 @@ class GANState:
         return self.ema if self.ema is not None else self.generator
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def build_state(
     config: TrialConfig,
     channels: int,
     resolution: int,
-    device: torch.device | str,
+    placement: Placement | torch.device | str,
     seed: int,
-    fast: bool | None = None,
 ) -> GANState:
-    """``fast`` (bf16 autocast + channels_last) defaults to on for CUDA; the CPU runs fp32."""
-    device = torch.device(device)
-    fast = device.type == "cuda" if fast is None else fast
+    """A device alone is placed with its defaults (``placement.place``): bf16 + channels_last on
+    CUDA, fp32 on the CPU."""
+    if not isinstance(placement, Placement):
+        placement = place(placement)
     # weight init draws from the global generator: seed it inside a fork so callers are unaffected
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         generator, discriminator = build_models(config, channels, resolution)
-    generator, discriminator = generator.to(device), discriminator.to(device)
-    if fast:
-        generator = generator.to(memory_format=torch.channels_last)
-        discriminator = discriminator.to(memory_format=torch.channels_last)
+    generator, discriminator = placement.module(generator), placement.module(discriminator)
     ema = None
     if config.ema_decay > 0:
-        ema = build_models(config, channels, resolution)[0].to(device)
+        # in the generator's memory format too: the EMA update is then a plain elementwise lerp
+        ema = placement.module(build_models(config, channels, resolution)[0])
         ema.load_state_dict(generator.state_dict())
         ema.requires_grad_(False)
-    rng = torch.Generator(device=device)
-    rng.manual_seed(seed)
     return GANState(
         config=config,
         generator=generator,
         discriminator=discriminator,
         ema=ema,
-        opt_g=make_optimizer(config, generator, config.lr_g, device),
-        opt_d=make_optimizer(config, discriminator, config.lr_d, device),
-        rng=rng,
-        device=device,
+        opt_g=make_optimizer(config, generator, config.lr_g, placement),
+        opt_d=make_optimizer(config, discriminator, config.lr_d, placement),
+        rng=placement.generator(seed),
+        placement=placement,
         channels=channels,
         resolution=resolution,
-        fast=fast,
+        seed=seed,
+        scaler_g=placement.grad_scaler(),
+        scaler_d=placement.grad_scaler(),
     )
 
 
 def make_optimizer(
-    config: TrialConfig, net: nn.Module, lr: float, device: torch.device
+    config: TrialConfig, net: nn.Module, lr: float, placement: Placement
 ) -> torch.optim.Optimizer:
     params = list(net.parameters())
-    fused = {"fused": True} if device.type == "cuda" else {}
+    # fused kernels where torch has them (CUDA and the CPU alike), else multi-tensor ones
+    kernels = {"fused": True} if placement.fused else {"foreach": True}
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(config.beta1, config.beta2), **fused)
-    if config.optimizer == "rmsprop":
+        return torch.optim.Adam(params, lr=lr, betas=(config.beta1, config.beta2), **kernels)
+    if config.optimizer == "rmsprop":  # torch has no fused RMSprop
         return torch.optim.RMSprop(params, lr=lr, momentum=config.momentum, foreach=True)
-    return torch.optim.SGD(params, lr=lr, momentum=config.momentum, **fused)
+    return torch.optim.SGD(params, lr=lr, momentum=config.momentum, **kernels)
 
 
 def latents(state: GANState, n: int) -> torch.Tensor:
     return torch.randn(n, state.config.nz, device=state.device, generator=state.rng)
-
-
-def _autocast(state: GANState) -> contextlib.AbstractContextManager[Any]:
-    if state.fast:
-        return torch.autocast(state.device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _prepare(state: GANState, images: torch.Tensor) -> torch.Tensor:
-    return images.contiguous(memory_format=torch.channels_last) if state.fast else images
 
 
 def train_step(state: GANState, data: ImageSource) -> StepStats:
@@ -180,32 +176,27 @@ def queue_step(state: GANState, data: ImageSource) -> torch.Tensor:
     G.train()
     D.train()
     D.requires_grad_(True)
+    autocast = state.placement.autocast
     for _ in range(cfg.n_critic):
-        real = _prepare(state, data.sample(cfg.batch_size, state.rng))
-        with torch.no_grad(), _autocast(state):
+        real = state.placement.images(data.sample(cfg.batch_size, state.rng))
+        with torch.no_grad(), autocast():
             fake = G(latents(state, cfg.batch_size))
-        with _autocast(state):
+        with autocast():
             real_scores, fake_scores = D(real).float(), D(fake).float()
             d_loss = loss.d_loss(real_scores, fake_scores, cfg.label_smoothing)
         if loss.gradient_penalty:
             # in fp32: the double backward of a bf16 penalty is too coarse to hold ||grad|| near 1
             d_loss = d_loss + cfg.gp_weight * gradient_penalty(D, real, fake.float(), state.rng)
-        state.opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        d_norm = _grad_norm(D)
-        state.opt_d.step()
+        d_norm = _optimise(d_loss, D, state.opt_d, state.scaler_d)
         if loss.clip_weights:
             with torch.no_grad():
                 for p in D.parameters():
                     p.clamp_(-cfg.clip_value, cfg.clip_value)
 
     D.requires_grad_(False)  # the generator step needs no discriminator weight gradients
-    with _autocast(state):
+    with autocast():
         g_loss = loss.g_loss(D(G(latents(state, cfg.batch_size))).float())
-    state.opt_g.zero_grad(set_to_none=True)
-    g_loss.backward()
-    g_norm = _grad_norm(G)
-    state.opt_g.step()
+    g_norm = _optimise(g_loss, G, state.opt_g, state.scaler_g)
     D.requires_grad_(True)
     _update_ema(state)
     state.step += 1
@@ -215,6 +206,26 @@ def queue_step(state: GANState, data: ImageSource) -> torch.Tensor:
         [d_loss.detach().float(), g_loss.detach().float(), to_prob(real_scores.detach()).mean(),
          to_prob(fake_scores.detach()).mean(), d_norm, g_norm]
     )
+
+
+def _optimise(
+    loss: torch.Tensor, net: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None
+) -> torch.Tensor:
+    """Backward and optimiser step; returns the gradient norm. With a scaler (fp16) the loss is
+    scaled for the backward and the gradients unscaled before their norm; a step whose gradients
+    overflowed is skipped (its norm is not finite) and the scale shrinks."""
+    opt.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        norm = _grad_norm(net)
+        opt.step()
+        return norm
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    norm = _grad_norm(net)
+    scaler.step(opt)
+    scaler.update()
+    return norm
 
 
 def _grad_norm(net: nn.Module) -> torch.Tensor:
@@ -243,7 +254,7 @@ def generate(state: GANState, z: torch.Tensor) -> torch.Tensor:
     was_training = net.training
     net.eval()
     try:
-        with _autocast(state):
+        with state.placement.autocast():
             return net(z.to(state.device)).float()
     finally:
         net.train(was_training)
@@ -255,8 +266,9 @@ def fixed_latents(nz: int, n: int, seed: int) -> torch.Tensor:
 
 
 def state_dict(state: GANState) -> dict[str, Any]:
-    """Everything needed to resume bit-for-bit: nets, EMA, optimisers, step and RNG states."""
-    return {
+    """Everything needed to resume bit-for-bit: nets, EMA, optimisers, loss scales, step and RNG
+    states; every tensor on the CPU, so the file loads on any machine."""
+    return to_cpu({
         "config": state.config.to_dict(),
         "channels": state.channels,
         "resolution": state.resolution,
@@ -266,24 +278,64 @@ def state_dict(state: GANState) -> dict[str, Any]:
         "ema": state.ema.state_dict() if state.ema is not None else None,
         "opt_g": state.opt_g.state_dict(),
         "opt_d": state.opt_d.state_dict(),
+        "scaler_g": state.scaler_g.state_dict() if state.scaler_g is not None else None,
+        "scaler_d": state.scaler_d.state_dict() if state.scaler_d is not None else None,
         "rng": state.rng.get_state(),
+        "rng_device": state.rng.device.type,
         "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if state.cuda else None,
-    }
+        # dropout in D draws from the device's global generator: the trial's device alone
+        "cuda_rng": torch.cuda.get_rng_state(state.device) if state.cuda else None,
+    })
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A ``state_dict`` file, read onto the CPU whatever device wrote it: RNG states must stay CPU
+    byte tensors, and ``load_state_dict`` places every other tensor where its module lives."""
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def load_state_dict(state: GANState, saved: dict[str, Any]) -> None:
+    """Restore ``saved`` (CPU tensors, from ``load_checkpoint``) into ``state``: weights are copied
+    into the nets on their device and format, optimiser state follows its parameters."""
     state.generator.load_state_dict(saved["generator"])
     state.discriminator.load_state_dict(saved["discriminator"])
     if state.ema is not None and saved["ema"] is not None:
         state.ema.load_state_dict(saved["ema"])
     state.opt_g.load_state_dict(saved["opt_g"])
     state.opt_d.load_state_dict(saved["opt_d"])
-    state.rng.set_state(saved["rng"])
+    for scaler, key in ((state.scaler_g, "scaler_g"), (state.scaler_d, "scaler_d")):
+        if scaler is not None and saved.get(key):
+            scaler.load_state_dict(saved[key])
+    state.step = saved["step"]
+    _restore_rng(state, saved)
+
+
+def _restore_rng(state: GANState, saved: dict[str, Any]) -> None:
     torch.set_rng_state(saved["torch_rng"])
     if state.cuda and saved.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state_all(saved["cuda_rng"])
-    state.step = saved["step"]
+        cuda_rng = saved["cuda_rng"]  # a list from checkpoints that saved every GPU's state
+        torch.cuda.set_rng_state(cuda_rng[0] if isinstance(cuda_rng, list) else cuda_rng, state.device)
+    saved_on = saved.get("rng_device", state.rng.device.type)
+    if saved_on == state.rng.device.type:
+        state.rng.set_state(saved["rng"])
+        return
+    # a CPU generator's state is not a CUDA one's: a trial moved between device kinds (a GPU
+    # search resumed with --device cpu) continues with a fresh stream rather than not at all
+    state.rng.manual_seed(state.seed * 1_000_003 + state.step)
+    log.warning("checkpoint's sampling generator was on %s, the trial now runs on %s: continuing from "
+                "step %d with a fresh stream (valid, but not bit-for-bit the same run)",
+                saved_on, state.rng.device.type, state.step)
+
+
+def to_cpu(value: Any) -> Any:
+    """``value`` with every tensor in it (nested in dicts, lists and tuples) moved to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: to_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(item) for item in value)
+    return value
 
 
 if __name__ == "__main__":

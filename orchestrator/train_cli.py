@@ -16,12 +16,12 @@ from pathlib import Path
 from orchestrator import data as datasets
 from orchestrator import sources
 from orchestrator.cli import run_main
-from orchestrator.config import RunSettings, TrialConfig, default_cache_dir
+from orchestrator.config import PRECISIONS, RunSettings, TrialConfig, default_cache_dir
 from orchestrator.errors import ConfigError, TrainingDiverged
 from orchestrator.images import save_png
 from orchestrator.metrics.diversity import real_reference
 from orchestrator.metrics.inception import load_inception
-from orchestrator.train import resolve_device
+from orchestrator.placement import place, resolve_device
 from orchestrator.trial import TrialRunner, check_fid_n, fid_key, format_report
 
 log = logging.getLogger("orchestrator.train")
@@ -45,6 +45,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-seed", type=int, default=12345)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="autocast dtype (default auto: "
+                   "bf16 on GPUs with native bf16, else fp16 with loss scaling; fp32 on the CPU)")
     p.add_argument("--fid-weights", type=Path, help="FID Inception weights (default: search)")
     p.add_argument("--cache-dir", type=Path, default=None, help="decoded data and FID statistics")
     return p.parse_args(argv)
@@ -66,6 +68,7 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         eval_seed=args.eval_seed,
         seed=args.seed,
         device=args.device,
+        precision=args.precision,
     )
 
 
@@ -79,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (args.steps is not None and args.steps < 1) or (args.epochs is not None and args.epochs <= 0):
         raise ConfigError("--steps/--epochs must be positive")
     device = resolve_device(settings.device)
+    placement = place(device, settings.precision)  # bf16 asked of a GPU without it fails here
     extractor = load_inception(args.fid_weights, device=device)
 
     data = datasets.prepare_dataset(spec, settings.cache_dir)
@@ -93,9 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or Path("runs") / f"train-{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     log.info("training %s at %d px on %s: %d steps, evaluating every %d -> %s",
-             settings.dataset, settings.resolution, device, total, eval_every, out)
+             settings.dataset, settings.resolution, placement.describe(), total, eval_every, out)
 
-    runner = TrialRunner(config, settings, data, reference, extractor, device, real_ref)
+    runner = TrialRunner(config, settings, data, reference, extractor, placement, real_ref)
     try:
         while runner.step < total:
             runner.train(min(eval_every, total - runner.step))

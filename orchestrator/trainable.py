@@ -30,9 +30,10 @@ from orchestrator.images import save_png
 from orchestrator.metrics.diversity import RealReference
 from orchestrator.metrics.fid import FeatureStats
 from orchestrator.metrics.inception import load_inception
+from orchestrator.placement import place, trial_device
 from orchestrator.plots import loss_curves, metric_curves
-from orchestrator.train import resolve_device
-from orchestrator.trial import TrialRunner, best_fid_key, fid_key
+from orchestrator.train import to_cpu
+from orchestrator.trial import TrialRunner, best_fid_key, device_images, fid_key
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,8 @@ class GanTrainable(tune.Trainable):
         fid_weights: str | None = None,
     ) -> None:
         self.settings, self.data, self.reference, self.real_ref = settings, data, reference, real_ref
-        # Ray hides all but the trial's GPU (fractions included), so "cuda" is the right one
-        self.device = resolve_device(settings.device)
+        # the GPU Ray assigned (a fraction of one included), among the ones this process sees
+        self.device = trial_device(settings.device, ray.get_gpu_ids())
         # which machine ran each interval: Tune's result.json then shows a trial moving after a
         # lost node, and the MLflow run says where its trial ran
         self.node_id = ray.get_runtime_context().get_node_id()
@@ -66,13 +67,16 @@ class GanTrainable(tune.Trainable):
         if self.device.type == "cpu" and resources is not None:
             torch.set_num_threads(max(1, int(resources.required_resources.get("CPU", 1))))
         self.extractor = load_inception(fid_weights, device=self.device)
+        self.placement = place(self.device, settings.precision)
+        # on the device once per actor: a reused actor's next trial trains on the same copy
+        self.images = device_images(data, self.placement)
         self._build(config)
 
     def _build(self, config: dict[str, Any]) -> None:
         trial_config = TrialConfig.from_dict(config, source=f"trial {self.trial_id}")
         self.runner = TrialRunner(
-            trial_config, self.settings, self.data, self.reference, self.extractor, self.device,
-            self.real_ref,
+            trial_config, self.settings, self.data, self.reference, self.extractor, self.placement,
+            self.real_ref, images=self.images,
         )
         self.last_report: dict[str, Any] = {}
         self.started_at = time.time()  # wall clock, for measuring how trials overlap
@@ -99,6 +103,8 @@ class GanTrainable(tune.Trainable):
             "reported_at": time.time(),
             "node_id": self.node_id,
             "node_ip": self.node_ip,
+            "device": str(self.placement.device),
+            "precision": self.placement.precision,
             "diverged": int(verdict is not None and verdict.mode == DIVERGED),
             "failure": reason,
             "failure_mode": verdict.mode if verdict else "",
@@ -119,7 +125,7 @@ class GanTrainable(tune.Trainable):
                 "channels": self.runner.state.channels,
                 "resolution": self.runner.state.resolution,
                 "step": self.runner.step,
-                "generator": generator.state_dict(),
+                "generator": to_cpu(generator.state_dict()),  # loads on a machine without a GPU
             },
             folder / GENERATOR_FILE,
         )

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,11 +30,13 @@ from orchestrator.metrics.fid import MAX_KEEP, FeatureStats, generated_features,
 from orchestrator.metrics.fid import fid as frechet_from_stats
 from orchestrator.metrics.inception import FeatureExtractor
 from orchestrator.metrics.inception_score import inception_score
+from orchestrator.placement import Placement, place
 from orchestrator.train import (
     GANState,
     build_state,
     fixed_latents,
     generate,
+    load_checkpoint,
     load_state_dict,
     state_dict,
     train_steps,
@@ -64,25 +65,33 @@ def check_fid_n(fid_n: int, available: int, dataset: str) -> None:
 
 @dataclass
 class _Meter:
-    """Running sums of step statistics since the last report."""
+    """Running sums of step statistics since the last report. A non-finite value is left out of its
+    mean: in fp16 a step whose gradients overflowed is skipped by the loss scaler and has an inf
+    gradient norm (a non-finite loss stops the trial before it gets here)."""
 
     sums: dict[str, float] = field(default_factory=dict)
-    count: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     images: int = 0
 
     def add(self, values: dict[str, float]) -> None:
         for key, value in values.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
-        self.count += 1
+            self.counts.setdefault(key, 0)
+            self.sums.setdefault(key, 0.0)
+            if math.isfinite(value):
+                self.sums[key] += value
+                self.counts[key] += 1
 
     def means(self) -> dict[str, float]:
-        return {key: total / max(self.count, 1) for key, total in self.sums.items()}
+        return {key: total / self.counts[key] if self.counts[key] else math.nan
+                for key, total in self.sums.items()}
 
 
 class TrialRunner:
     """Owns a GANState plus what evaluation needs: the data on the device, reference FID statistics,
-    the feature extractor and the fixed latents."""
+    the feature extractor and the fixed latents. ``device`` is placed with ``settings.precision``;
+    ``images``, the data already on that device, is reused when given (a Ray actor running its next
+    trial keeps them)."""
 
     def __init__(
         self,
@@ -91,18 +100,19 @@ class TrialRunner:
         data: CachedDataset,
         reference: FeatureStats,
         extractor: FeatureExtractor,
-        device: torch.device,
+        device: torch.device | Placement,
         real_ref: RealReference | None = None,
+        images: DeviceImages | None = None,
     ) -> None:
         self.settings = settings
         self.real_ref = real_ref  # real features for KID, precision/recall, NDB; None skips them
         self.data = data
         self.reference = reference
         self.extractor = extractor
-        cuda = device.type == "cuda"
-        self.images = DeviceImages(data.images, device, channels_last=cuda)
+        placement = device if isinstance(device, Placement) else place(device, settings.precision)
+        self.images = images if images is not None else device_images(data, placement)
         self.state: GANState = build_state(
-            config, data.channels, data.resolution, device, settings.seed
+            config, data.channels, data.resolution, placement, settings.seed
         )
         self.eval_latents = fixed_latents(config.nz, settings.fid_n, settings.eval_seed)
         self.grid_latents = fixed_latents(config.nz, GRID_SIZE, settings.eval_seed)
@@ -187,10 +197,15 @@ class TrialRunner:
         return atomic_write(Path(path), lambda f: torch.save(saved, f))
 
     def restore(self, path: Path) -> None:
-        saved: dict[str, Any] = torch.load(path, map_location=self.state.device, weights_only=False)
+        saved = load_checkpoint(path)
         load_state_dict(self.state, saved)
         self.best_fid = saved.get("best_fid", math.inf)
         self.history = list(saved.get("history", []))
+
+
+def device_images(data: CachedDataset, placement: Placement) -> DeviceImages:
+    """The training images on the trial's device, batches drawn in its memory format."""
+    return DeviceImages(data.images, placement.device, channels_last=placement.channels_last)
 
 
 def format_report(report: dict[str, float], settings: RunSettings) -> str:
