@@ -232,6 +232,20 @@ def test_a_sampling_generator_from_another_device_kind_reseeds(
     assert train_step(again, Blobs()) == train_step(other, Blobs())  # a fresh stream, but a fixed one
 
 
+# --- what MLflow records
+
+
+def test_the_runs_record_the_precision_asked_and_the_one_each_trial_used(smoke_search: dict) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(smoke_search["tracking_uri"])
+    parent = client.get_run(smoke_search["parent_run_id"])
+    assert parent.data.params["precision"] == "auto"
+    trials = client.search_runs([smoke_search["experiment_id"]], "tags.role = 'trial'")
+    assert len(trials) == 4
+    assert {(run.data.tags["device"], run.data.tags["precision"]) for run in trials} == {("cpu", "fp32")}
+
+
 # --- helpers
 
 
@@ -308,3 +322,4 @@ def test_cuda_every_precision_matches_fp32s_first_step(precision: str) -> None:
     a = train_step(exact, data)
     b = train_step(other, DeviceImages(_blobs(64), "cuda", channels_last=True))
     assert b.d_loss == pytest.approx(a.d_loss, rel=0.01) and b.g_loss == pytest.approx(a.g_loss, rel=0.01)
+
