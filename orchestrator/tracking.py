@@ -233,7 +233,7 @@ def mark_lost_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,
 
 
 # where the trial last ran, and in which number format (the trainable reports them)
-PLACEMENT_TAGS = ("node_ip", "node_id", "device", "precision")
+PLACEMENT_TAGS = ("node_ip", "node_id", "device", "compute_precision")
 
 
 def _is_metric(key: str) -> bool:

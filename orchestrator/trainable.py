@@ -104,7 +104,8 @@ class GanTrainable(tune.Trainable):
             "node_id": self.node_id,
             "node_ip": self.node_ip,
             "device": str(self.placement.device),
-            "precision": self.placement.precision,
+            # not "precision": that key is the k-NN precision metric of the same report
+            "compute_precision": self.placement.precision,
             "diverged": int(verdict is not None and verdict.mode == DIVERGED),
             "failure": reason,
             "failure_mode": verdict.mode if verdict else "",
