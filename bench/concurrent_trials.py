@@ -30,7 +30,7 @@ import torch
 from common import add_common_args, rate, report, sync, table
 from step_throughput import make
 
-from orchestrator.train import train_step
+from orchestrator.gan.step import train_step
 
 START_TIMEOUT_S = 600  # building a worker: importing torch, a CUDA context, the data
 

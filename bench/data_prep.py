@@ -31,8 +31,8 @@ from pathlib import Path
 
 from common import add_common_args, median, rate, report, shared_data, table
 
-from orchestrator import datacache
-from orchestrator.data import DataSpec, prepare_dataset
+from orchestrator.data import cache as datacache
+from orchestrator.data.dataset import DataSpec, prepare_dataset
 
 FULL_FOOD101 = 101_000
 

@@ -37,6 +37,8 @@ from pytorch_fid import fid_score
 from step_throughput import make
 
 from orchestrator.config import RunSettings
+from orchestrator.data.shapes import draw_shapes
+from orchestrator.gan.step import GANState, fixed_latents, generate, train_step
 from orchestrator.metrics import inception
 from orchestrator.metrics.fid import (
     MAX_KEEP,
@@ -45,8 +47,6 @@ from orchestrator.metrics.fid import (
     generated_features,
 )
 from orchestrator.metrics.reference import reference_stats
-from orchestrator.shapes import draw_shapes
-from orchestrator.train import GANState, fixed_latents, generate, train_step
 
 DIMS = 2048
 

@@ -27,10 +27,10 @@ import torch
 from common import add_common_args, median, rate, report, table, timed
 
 from orchestrator.config import TrialConfig
-from orchestrator.data import DeviceImages
-from orchestrator.placement import place
-from orchestrator.shapes import draw_shapes
-from orchestrator.train import GANState, build_state, train_step, train_steps
+from orchestrator.data.dataset import DeviceImages
+from orchestrator.data.shapes import draw_shapes
+from orchestrator.gan.placement import place
+from orchestrator.gan.step import GANState, build_state, train_step, train_steps
 
 SHAPES_IMAGES = 4096
 

@@ -28,7 +28,7 @@ from orchestrator.metrics.inception import FeatureExtractor, load_inception
 from orchestrator.metrics.reference import reference_stats
 
 if TYPE_CHECKING:
-    from orchestrator.data import DataSpec
+    from orchestrator.data.dataset import DataSpec
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,8 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def source_kind(source: str, args: argparse.Namespace) -> str:
     """The source's kind ("folder", "npz" or "dataset"); a DataError naming it if none fits."""
-    from orchestrator import data  # lazily: folders and .npz files need no dataset code
-    from orchestrator.sources import DATASETS, FOLDER_PREFIX
+    from orchestrator.data import dataset as data  # lazily: folders and .npz files need no dataset code
+    from orchestrator.data.sources import DATASETS, FOLDER_PREFIX
 
     path = Path(source)
     if path.is_dir():
@@ -131,7 +131,7 @@ def folder_stats(
 
 def dataset_stats(name: str, args: argparse.Namespace, extractor: FeatureExtractor) -> FeatureStats:
     """The search's own cached reference statistics of a dataset (computed on a cache miss)."""
-    from orchestrator.data import prepare_dataset
+    from orchestrator.data.dataset import prepare_dataset
 
     dataset = prepare_dataset(_spec(name, args), default_cache_dir(), progress=True)
     n = args.n if args.n is not None else RunSettings().fid_n
@@ -141,7 +141,7 @@ def dataset_stats(name: str, args: argparse.Namespace, extractor: FeatureExtract
 
 
 def _spec(name: str, args: argparse.Namespace) -> DataSpec:
-    from orchestrator.data import DataSpec
+    from orchestrator.data.dataset import DataSpec
 
     return DataSpec(name, resolution=args.resolution, root=args.data_root, download=args.download)
 

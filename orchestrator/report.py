@@ -21,7 +21,7 @@ import pandas as pd
 
 from orchestrator.cli import UsageParser, run_main, tracking_uri
 from orchestrator.errors import ConfigError
-from orchestrator.health import FAILED
+from orchestrator.metrics.health import FAILED
 
 _FID = re.compile(r"fid\d+k?")
 _NUMBER = "{:.4g}".format
@@ -99,7 +99,7 @@ def from_tune(folder: Path) -> Trials:
         raise ConfigError(f"{folder}: not a Tune experiment folder (no experiment_state-*.json)")
     from ray.tune import ExperimentAnalysis, ResultGrid
 
-    from orchestrator.runner import results_table
+    from orchestrator.search.runner import results_table
 
     analysis = ExperimentAnalysis(str(folder.resolve()))  # pyarrow reads a relative path as a URI
     key = _fid_metric([t.last_result or {} for t in analysis.trials], folder)

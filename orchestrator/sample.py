@@ -22,14 +22,14 @@ import torch
 
 from orchestrator.cli import UsageParser, run_main, tracking_uri
 from orchestrator.errors import ConfigError
-from orchestrator.export import (
+from orchestrator.images import grid_image, save_png, to_image
+from orchestrator.search.export import (
     CHECKPOINT_ARTIFACT,
     RUN_MODEL_TAG,
     first_line,
     load_generator,
     tracking_uri_set,
 )
-from orchestrator.images import grid_image, save_png, to_image
 
 log = logging.getLogger(__name__)
 

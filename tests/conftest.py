@@ -34,7 +34,7 @@ def smoke_search(tmp_path_factory: pytest.TempPathFactory) -> dict:
     storage folder (``FOLDER/runs``), the experiment folder and ``orchestrator.json``'s ids."""
     import json
 
-    from orchestrator.search import main
+    from orchestrator.search.cli import main
 
     folder, argv = tmp_path_factory.mktemp("smoke"), ["shapes", "--smoke-test", "--name", "smoke"]
     cwd = Path.cwd()

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from orchestrator import coverage
-from orchestrator.coverage import coverage_report, decode_shapes, mode_coverage, mode_entropy
-from orchestrator.shapes import COLOURS, SHAPE_CLASSES, SHAPES, SIZES, draw_shapes
+from orchestrator.data import shapes_decoder as coverage
+from orchestrator.data.shapes import COLOURS, SHAPE_CLASSES, SHAPES, SIZES, draw_shapes
+from orchestrator.data.shapes_decoder import coverage_report, decode_shapes, mode_coverage, mode_entropy
 
 COUNTS = {"train": 2048, "test": 1024}  # whole blocks of 1024: every class present 32 times a block
 DRAWN = [(split, resolution) for split in COUNTS for resolution in (32, 64)]

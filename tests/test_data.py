@@ -15,8 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from orchestrator import data, datacache
-from orchestrator.data import DataSpec, DeviceImages, images_to_float, prepare_dataset, validate
+from orchestrator.data import cache as datacache
+from orchestrator.data import dataset as data
+from orchestrator.data.dataset import DataSpec, DeviceImages, images_to_float, prepare_dataset, validate
 from orchestrator.errors import DataError
 
 FOOD_CLASSES = ("apple_pie", "baklava")

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import SearchSpaceError
-from orchestrator.health import (
+from orchestrator.metrics.health import (
     DISCRIMINATOR_WINS,
     MODE_COLLAPSE,
     VANISHING_LOSSES,
     HealthConfig,
     check,
 )
-from orchestrator.space import load_space
+from orchestrator.search.space import load_space
 
 CFG = HealthConfig()
 # a real DCGAN run at lr 2e-4 on shapes (CPU, batch 64): D ahead but not winning
@@ -170,10 +170,10 @@ def test_constructed_generators_collapse_or_not() -> None:
     import numpy as np
     import torch
 
-    from orchestrator.data import images_to_float
+    from orchestrator.data.dataset import images_to_float
+    from orchestrator.data.shapes import draw_shapes
     from orchestrator.metrics.diversity import diversity_metrics, fit_reference
     from orchestrator.metrics.inception import load_inception
-    from orchestrator.shapes import draw_shapes
 
     images, _ = draw_shapes("train", 32, 240)
     extractor = load_inception()

@@ -28,7 +28,7 @@ def test_a_recovered_trial_keeps_intervals_storage_had_not_seen(ray_session: Non
     from ray.tune.experiment import Trial
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from orchestrator.history import KeepTrialHistory
+    from orchestrator.search.history import KeepTrialHistory
 
     trial = Trial("GanTrainable", config={}, trial_id="t1", stub=True,
                   storage=StorageContext(storage_path=str(tmp_path), experiment_dir_name="search"))

@@ -17,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 from servers import free_port, start_server, stop_server
 
-from orchestrator.search import main
+from orchestrator.search.cli import main
 
 EVAL_EVERY, MAX_EVALS = 20, 5
 STEPS = [EVAL_EVERY * (i + 1) for i in range(MAX_EVALS)]

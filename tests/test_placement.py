@@ -16,11 +16,10 @@ import torch
 from test_train import SMALL, Blobs
 
 from orchestrator.config import RunSettings, TrialConfig
-from orchestrator.data import CachedDataset, DeviceImages
+from orchestrator.data.dataset import CachedDataset, DeviceImages
 from orchestrator.errors import ConfigError
-from orchestrator.metrics.fid import FeatureStats
-from orchestrator.placement import Placement, place, resolve_precision, trial_device
-from orchestrator.train import (
+from orchestrator.gan.placement import Placement, place, resolve_precision, trial_device
+from orchestrator.gan.step import (
     build_state,
     generate,
     load_checkpoint,
@@ -30,7 +29,8 @@ from orchestrator.train import (
     train_step,
     train_steps,
 )
-from orchestrator.trial import TrialRunner
+from orchestrator.gan.trial import TrialRunner
+from orchestrator.metrics.fid import FeatureStats
 
 CHANNELS_LAST = torch.channels_last
 
@@ -61,13 +61,13 @@ def test_cpu_defaults_to_fp32_with_fused_optimisers() -> None:
 def test_auto_on_cuda_is_bf16_only_where_native(
     monkeypatch: pytest.MonkeyPatch, native: bool, asked: str, expected: str
 ) -> None:
-    monkeypatch.setattr("orchestrator.placement.bf16_native", lambda device: native)
+    monkeypatch.setattr("orchestrator.gan.placement.bf16_native", lambda device: native)
     assert resolve_precision(asked, torch.device("cuda")) == expected
     assert place("cuda", asked).channels_last  # cudnn's fast layout, by default on CUDA only
 
 
 def test_bf16_on_a_gpu_without_it_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("orchestrator.placement.bf16_native", lambda device: False)
+    monkeypatch.setattr("orchestrator.gan.placement.bf16_native", lambda device: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
     with pytest.raises(ConfigError, match=r"bf16: Tesla T4 has no native bf16; use --precision fp16"):
         place("cuda", "bf16")
@@ -93,7 +93,7 @@ def test_a_ray_trial_takes_the_gpu_it_was_assigned(gpu_ids: list, visible: str, 
 
 
 def test_search_records_and_checks_the_precision(capsys: pytest.CaptureFixture[str]) -> None:
-    from orchestrator.search import cli_main
+    from orchestrator.search.cli import cli_main
 
     assert cli_main(["shapes", "--dry-run", "--precision", "bf16"]) == 0
     assert "on cpu in bf16" in capsys.readouterr().out

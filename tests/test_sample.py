@@ -18,9 +18,9 @@ from PIL import Image
 
 from orchestrator.cli import run_main
 from orchestrator.config import TrialConfig
-from orchestrator.export import MODEL_TAG, RUN_MODEL_TAG, load_generator, tracking_uri_set
-from orchestrator.models import Generator
+from orchestrator.gan.models import Generator
 from orchestrator.sample import main
+from orchestrator.search.export import MODEL_TAG, RUN_MODEL_TAG, load_generator, tracking_uri_set
 
 REPO = Path(__file__).resolve().parents[1]
 FID = "fid128"  # the smoke test's FID

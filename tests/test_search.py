@@ -18,7 +18,7 @@ import pytest
 from mlflow import MlflowClient
 from servers import free_port, start_server, stop_server
 
-from orchestrator.search import main
+from orchestrator.search.cli import main
 
 FID = "fid128"  # the smoke test's FID: 128 images
 
@@ -279,3 +279,11 @@ def test_tracking_server_down_for_a_while_loses_nothing(tmp_path: Path) -> None:
     finally:
         thread.join(timeout=400)
         stop_server(server["proc"])
+
+
+def test_remote_storage_without_tracking_server_fails_in_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
+    """Caught while the plan is built, so before the data decode and the reference statistics."""
+    from orchestrator.search.cli import cli_main
+
+    assert cli_main(["shapes", "--dry-run", "--storage", "s3://bucket/x"]) == 2
+    assert "remote --storage needs --mlflow-uri" in capsys.readouterr().err

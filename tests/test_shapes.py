@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator import shapes
-from orchestrator.data import DataSpec, prepare_dataset
-from orchestrator.shapes import SHAPE_CLASSES, class_parts, draw_shapes
+from orchestrator.data import shapes
+from orchestrator.data.dataset import DataSpec, prepare_dataset
+from orchestrator.data.shapes import SHAPE_CLASSES, class_parts, draw_shapes
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import yaml
 
 from orchestrator.config import TrialConfig
 from orchestrator.errors import SearchSpaceError
-from orchestrator.space import (
+from orchestrator.search.space import (
     SPACES_DIR,
     Param,
     SearchSpace,

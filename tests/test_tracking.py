@@ -8,7 +8,12 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from orchestrator.tracking import MlflowTrialLogger, default_tracking_uri, ensure_experiment, start_parent_run
+from orchestrator.search.tracking import (
+    MlflowTrialLogger,
+    default_tracking_uri,
+    ensure_experiment,
+    start_parent_run,
+)
 
 
 class FakeTrial:

@@ -9,10 +9,10 @@ import torch
 
 from orchestrator.config import LOSSES, TrialConfig
 from orchestrator.errors import ConfigError, TrainingDiverged
-from orchestrator.losses import LOSSES as LOSS_FNS
-from orchestrator.losses import gradient_penalty
-from orchestrator.models import Discriminator, Generator
-from orchestrator.train import build_state, generate, load_state_dict, state_dict, train_step, train_steps
+from orchestrator.gan.losses import LOSSES as LOSS_FNS
+from orchestrator.gan.losses import gradient_penalty
+from orchestrator.gan.models import Discriminator, Generator
+from orchestrator.gan.step import build_state, generate, load_state_dict, state_dict, train_step, train_steps
 
 SMALL = {"nz": 16, "ngf": 8, "ndf": 8, "batch_size": 16}
 

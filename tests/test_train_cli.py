@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from orchestrator.train_cli import main
+from orchestrator.train import main
 
 
 def test_train_cli_on_shapes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from orchestrator.config import RunSettings
-from orchestrator.datacache import (
+from orchestrator.config import RESOLUTIONS, RunSettings
+from orchestrator.data.cache import (
     FORMAT_VERSION,
     Failure,
     Listing,
@@ -31,28 +31,21 @@ from orchestrator.datacache import (
     read_cache,
     write_cache,
 )
+from orchestrator.data.sources import (
+    FOLDER_PREFIX,
+    Source,
+    check_present,
+    class_names_without_loading,
+    finder,
+)
+from orchestrator.data.spec import DataSpec
 from orchestrator.errors import DataError, did_you_mean
-from orchestrator.sources import FOLDER_PREFIX, Source, check_present, class_names_without_loading, finder
 
 log = logging.getLogger(__name__)
 
-RESOLUTIONS = (32, 64)
 SPLITS = ("train", "test")
 MAX_SKIPPED_FRACTION = 0.01
 _ORDER_SEED = 0  # fixes the shuffled order of which `limit` keeps a prefix
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Which images, at which resolution: everything the decoded cache depends on."""
-
-    name: str  # registry name or "folder:PATH"
-    split: str = "train"  # "train" | "test"
-    resolution: int = 64  # 32 | 64
-    root: Path | None = None  # None -> $ORCHESTRATOR_DATA or ~/.cache/orchestrator/datasets
-    limit: int | None = None  # at most this many images (a prefix of a fixed shuffled order)
-    classes: tuple[str, ...] | None = None
-    download: bool = False
 
 
 @dataclass(frozen=True, eq=False)

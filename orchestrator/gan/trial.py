@@ -20,18 +20,11 @@ from PIL import Image
 
 from orchestrator.atomic import atomic_write
 from orchestrator.config import RunSettings, TrialConfig
-from orchestrator.coverage import decode_shapes, mode_coverage, mode_entropy
-from orchestrator.data import CachedDataset, DeviceImages
+from orchestrator.data.dataset import CachedDataset, DeviceImages
+from orchestrator.data.shapes_decoder import decode_shapes, mode_coverage, mode_entropy
 from orchestrator.errors import ConfigError
-from orchestrator.health import Verdict, check
-from orchestrator.images import grid_image
-from orchestrator.metrics.diversity import RealReference, diversity_metrics
-from orchestrator.metrics.fid import MAX_KEEP, FeatureStats, generated_features, metric_name
-from orchestrator.metrics.fid import fid as frechet_from_stats
-from orchestrator.metrics.inception import FeatureExtractor
-from orchestrator.metrics.inception_score import inception_score
-from orchestrator.placement import Placement, place
-from orchestrator.train import (
+from orchestrator.gan.placement import Placement, place
+from orchestrator.gan.step import (
     GANState,
     build_state,
     fixed_latents,
@@ -41,6 +34,13 @@ from orchestrator.train import (
     state_dict,
     train_steps,
 )
+from orchestrator.images import grid_image
+from orchestrator.metrics.diversity import RealReference, diversity_metrics
+from orchestrator.metrics.fid import MAX_KEEP, FeatureStats, generated_features, metric_name
+from orchestrator.metrics.fid import fid as frechet_from_stats
+from orchestrator.metrics.health import Verdict, check
+from orchestrator.metrics.inception import FeatureExtractor
+from orchestrator.metrics.inception_score import inception_score
 
 GRID_SIZE = 64  # images in each sample grid
 EVAL_BATCH = 100

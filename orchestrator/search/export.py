@@ -23,8 +23,8 @@ from torch import nn
 
 from orchestrator.config import TrialConfig
 from orchestrator.errors import ConfigError
-from orchestrator.models import Generator
-from orchestrator.train import fixed_latents
+from orchestrator.gan.models import Generator
+from orchestrator.gan.step import fixed_latents
 
 log = logging.getLogger(__name__)
 

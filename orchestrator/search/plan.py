@@ -1,9 +1,6 @@
-"""``python -m orchestrator.search DATASET``: sample GAN hyperparameters with Optuna (TPE), stop poor
-trials with ASHA on FID, track everything in MLflow.
-
-Flow: parse -> validate (space, data, weights; exit 2 on bad input) -> prepare the data cache and the
-real-image FID statistics once -> Tuner -> summary. ``--resume`` continues an interrupted search.
-"""
+"""A search's plan: the command line's arguments and the space file resolved into everything the
+search will do (``Plan``), checked without Ray; the search's state file beside Tune's, and the plan as
+printed for people."""
 
 from __future__ import annotations
 
@@ -13,20 +10,15 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator import data as datasets
-from orchestrator import sources
 from orchestrator.atomic import atomic_write
-from orchestrator.cli import run_main
-from orchestrator.config import PRECISIONS, RunSettings, default_cache_dir
+from orchestrator.config import RunSettings, default_cache_dir
 from orchestrator.errors import ConfigError
-from orchestrator.placement import place
-from orchestrator.space import SearchSpace, describe, load_space, space_path
+from orchestrator.gan.placement import place
+from orchestrator.search.space import SearchSpace, describe, load_space, space_path
 
 log = logging.getLogger("orchestrator.search")
 
@@ -34,54 +26,6 @@ STATE_FILE = "orchestrator.json"  # beside Tune's experiment state: the MLflow i
 # one trial at a time, so the weak second start point meets the first at the first rung
 SMOKE = {"num_samples": 4, "max_evals": 3, "grace_period": 1, "reduction_factor": 2, "eval_every": 40,
          "fid_n": 128, "limit": 2000, "max_concurrent": 1}
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    args = _parser().parse_args(argv)
-    args.address = args.address or os.environ.get("RAY_ADDRESS")  # set for a `ray job submit` driver
-    return args
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m orchestrator.search", description=__doc__.split("\n")[0])
-    p.add_argument("dataset", help=f"one of {', '.join(sources.DATASETS)} or folder:PATH")
-    p.add_argument("--space", type=Path, help="search-space YAML (default search_spaces/DATASET.yaml)")
-    p.add_argument("--num-samples", type=int, help="trials to sample (default 16)")
-    p.add_argument("--max-evals", type=int, help="evaluations per trial at most (ASHA max_t; space default)")
-    p.add_argument("--eval-every", type=int, help="generator steps per evaluation (space default)")
-    p.add_argument("--fid-n", type=int, help="images per FID (space default)")
-    p.add_argument("--grace-period", type=int, help="evaluations before ASHA may stop a trial (space "
-                   "default; equal to --max-evals: no early stopping)")
-    p.add_argument("--reduction-factor", type=float, help="ASHA keeps 1 in this many at each rung (space "
-                   "default, >= 2)")
-    p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 (default: 0.25 "
-                   "when a GPU is visible, else 0)")
-    p.add_argument("--cpus-per-trial", type=float, help="CPU share per trial (default 1 with a GPU, "
-                   "else the cores divided among the concurrent trials)")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), help="what trials compute on (default: "
-                   "cuda with a GPU share, else cpu; cpu with a GPU share schedules by logical GPUs)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="what trials compute in (default "
-                   "auto: bf16 on GPUs with native bf16, else fp16 with loss scaling; fp32 on the CPU)")
-    p.add_argument("--max-concurrent", type=int, help="trials running at once (default 4)")
-    p.add_argument("--max-failures", type=int, default=3,
-                   help="restarts of a crashed trial from its last checkpoint (default 3)")
-    p.add_argument("--storage", default="runs", help="Tune storage: a folder or a URI such as s3://bucket/x")
-    p.add_argument("--mlflow-uri", help="tracking server, e.g. http://127.0.0.1:5000 (default: a sqlite file "
-                   "beside the results)")
-    p.add_argument("--name", help="experiment name (default DATASET-TIME; with --resume: the latest)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted search of that name")
-    p.add_argument("--seed", type=int, default=0, help="seeds Optuna and every trial")
-    p.add_argument("--address", help="an existing Ray cluster (default: $RAY_ADDRESS, as in a `ray job "
-                   "submit`, else start a local one)")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved search and exit")
-    p.add_argument("--smoke-test", action="store_true", help="tiny: 4 trials, few steps, small FID")
-    p.add_argument("--download", action="store_true", help="let torchvision fetch a missing dataset")
-    p.add_argument("--data-root", type=Path, help="folder holding the dataset's files")
-    p.add_argument("--classes", help="comma-separated class subset, e.g. pizza,sushi")
-    p.add_argument("--limit", type=int, help="use at most this many training images")
-    p.add_argument("--fid-weights", type=Path, help="FID Inception weights (default: search)")
-    p.add_argument("--cache-dir", type=Path, help="decoded data and FID statistics")
-    return p
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +44,11 @@ class Plan:
     storage: str
     name: str
     tracking_uri: str | None
+    # how to run it: the runner takes a Plan and nothing else
+    fid_weights: str | None = None
+    address: str | None = None  # an existing Ray cluster, else a local one
+    resume: bool = False
+    argv: tuple[str, ...] = ()  # as typed, for the parent run's params
 
     @property
     def experiment_dir(self) -> str:
@@ -148,6 +97,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     max_concurrent = args.max_concurrent or smoke.get("max_concurrent") or 4
     cpus = args.cpus_per_trial or (1.0 if gpus else float(max(1, (os.cpu_count() or 1) // max_concurrent)))
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
+    if "://" in storage and not args.mlflow_uri:
+        raise ConfigError("remote --storage needs --mlflow-uri (a sqlite store cannot live there)")
     # the budget the search will really run (flags and --smoke-test override the file), so the
     # printed plan and the parent run's params say what happened
     grace_period = args.grace_period or smoke.get("grace_period") or budget.grace_period
@@ -171,6 +122,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
         storage=storage,
         name=_experiment_name(args, storage),
         tracking_uri=args.mlflow_uri,
+        fid_weights=str(args.fid_weights) if args.fid_weights else None,
+        address=args.address,
+        resume=args.resume,
+        argv=tuple(args.argv),
     )
 
 
@@ -209,7 +164,7 @@ def _experiment_name(args: argparse.Namespace, storage: str) -> str:
 
 
 def print_plan(plan: Plan) -> None:
-    from orchestrator.trial import best_fid_key
+    from orchestrator.gan.trial import best_fid_key
 
     print(describe(plan.space))
     print(f"metric: {best_fid_key(plan.settings)} (min), FID on {plan.settings.fid_n} images, eval seed "
@@ -232,22 +187,6 @@ def describe_precision(settings: RunSettings) -> str:
     return "bf16 (auto; fp16 with loss scaling on GPUs without native bf16)"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    plan = make_plan(args)
-    spec = datasets.spec_for(plan.settings)
-    datasets.validate(spec)
-    if args.resume:
-        _check_resumable(plan)
-    if args.dry_run:  # contacts nothing: the cluster's job is checked on a laptop with this
-        print_plan(plan)
-        return 0
-    check_tracking_server(plan.tracking_uri)
-    from orchestrator.runner import run_search  # heavy imports (ray, mlflow) only past validation
-
-    return run_search(plan, spec, args, argv=list(argv) if argv is not None else sys.argv[1:])
-
-
 def check_tracking_server(uri: str | None) -> None:
     """A tracking server that does not answer is bad input: one line now, not a traceback after
     the data and the reference statistics are done."""
@@ -266,7 +205,7 @@ def check_tracking_server(uri: str | None) -> None:
                           "out --mlflow-uri for the embedded store") from None
 
 
-def _check_resumable(plan: Plan) -> None:
+def check_resumable(plan: Plan) -> None:
     if "://" not in plan.storage and not (Path(plan.experiment_dir) / STATE_FILE).exists():
         raise ConfigError(f"--resume: {plan.experiment_dir} holds no search to resume")
 
@@ -300,11 +239,3 @@ def read_state(plan: Plan) -> dict[str, Any]:
         with fs.open_input_stream(path) as stream:
             return json.loads(stream.read())
     return json.loads((Path(plan.experiment_dir) / STATE_FILE).read_text())
-
-
-def cli_main(argv: Sequence[str] | None = None) -> int:
-    return run_main(main, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(cli_main())

@@ -13,16 +13,14 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from orchestrator import shapes
-from orchestrator.datacache import Listing
+from orchestrator.data import shapes
+from orchestrator.data.cache import Listing
+from orchestrator.data.spec import DataSpec
 from orchestrator.errors import DataError, did_you_mean
-
-if TYPE_CHECKING:
-    from orchestrator.data import DataSpec  # data imports this module: no cycle at run time
 
 FOLDER_PREFIX = "folder:"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")

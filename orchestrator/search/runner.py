@@ -3,7 +3,6 @@ imports Ray and MLflow, kept apart so ``--dry-run`` and bad input answer at once
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -14,34 +13,41 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator import data as datasets
-from orchestrator.health import FAILED, outcome
+from orchestrator.data import dataset as datasets
+from orchestrator.gan.placement import resolve_device
+from orchestrator.gan.trial import best_fid_key, check_fid_n, fid_key
 from orchestrator.metrics.diversity import real_reference
+from orchestrator.metrics.health import FAILED, outcome
 from orchestrator.metrics.inception import load_inception
-from orchestrator.placement import resolve_device
-from orchestrator.search import Plan, git_commit, print_plan, read_state, write_state
-from orchestrator.space_schema import walk_params
-from orchestrator.trial import best_fid_key, check_fid_n, fid_key
+from orchestrator.search.plan import Plan, git_commit, print_plan, read_state, write_state
+from orchestrator.search.schema import walk_params
 
 log = logging.getLogger("orchestrator.search")
 
-# the legacy reporter prints Tune's table with the columns we choose (the FID first)
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-# a down tracking server must cost the driver's loop seconds, not minutes of retries: the trial
-# logger buffers what fails and retries it on the next result
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+# set by run_search, before Ray and MLflow read them (never at import: report imports this module)
+DRIVER_ENVIRONMENT = {
+    # the legacy reporter prints Tune's table with the columns we choose (the FID first)
+    "RAY_AIR_NEW_OUTPUT": "0",
+    # a down tracking server must cost the driver's loop seconds, not minutes of retries: the trial
+    # logger buffers what fails and retries it on the next result
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
 
 
-def run_search(plan: Plan, spec: datasets.DataSpec, args: argparse.Namespace, argv: list[str]) -> int:
+def run_search(plan: Plan) -> int:
+    """Prepare the data and the reference statistics once, start (or join) Ray, run the Tuner, sum
+    up. Every check a user can fail was made while ``plan`` was built."""
+    for key, value in DRIVER_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
     import mlflow
     import ray
     from ray import tune
 
-    from orchestrator.tracking import MlflowTrialLogger
+    from orchestrator.search.tracking import MlflowTrialLogger
 
-    weights = str(args.fid_weights) if args.fid_weights else None
+    weights, spec = plan.fid_weights, datasets.spec_for(plan.settings)
     # the driver's GPU, when it has one, computes the reference statistics
     extractor = load_inception(weights, device=resolve_device("auto"))  # fails before any data work
     print_plan(plan)
@@ -52,14 +58,14 @@ def run_search(plan: Plan, spec: datasets.DataSpec, args: argparse.Namespace, ar
         device=extractor.device,
     )
 
-    ray.init(address=args.address, include_dashboard=False, num_cpus=None if args.address else os.cpu_count())
+    ray.init(address=plan.address, include_dashboard=False, num_cpus=None if plan.address else os.cpu_count())
     tracking_uri = plan.tracking_uri or _local_tracking_uri(plan)
     client = mlflow.MlflowClient(tracking_uri)
     identity = {"data_key": data.key, "fid_network": extractor.name, "fid_reference_n": str(reference.n)}
-    state = _parent_run(plan, client, tracking_uri, args, argv, identity)
+    state = _parent_run(plan, client, tracking_uri, identity)
     logger = MlflowTrialLogger(tracking_uri, state["experiment_id"], state["parent_run_id"], plan.max_evals)
 
-    from orchestrator.trainable import GanTrainable
+    from orchestrator.search.trainable import GanTrainable
 
     trainable = tune.with_resources(
         tune.with_parameters(GanTrainable, settings=plan.settings, data=data, reference=reference,
@@ -68,7 +74,7 @@ def run_search(plan: Plan, spec: datasets.DataSpec, args: argparse.Namespace, ar
     )
     started = time.time()
     try:
-        if args.resume:
+        if plan.resume:
             tuner = tune.Tuner.restore(plan.experiment_dir, trainable, resume_unfinished=True,
                                        resume_errored=True)
         else:
@@ -77,26 +83,21 @@ def run_search(plan: Plan, spec: datasets.DataSpec, args: argparse.Namespace, ar
         results = tuner.fit()
         return _summarise(plan, results, client, state, time.time() - started)
     finally:
-        if not args.address:
+        if not plan.address:
             ray.shutdown()  # the local cluster this search started
 
 
 def _local_tracking_uri(plan: Plan) -> str:
-    from orchestrator.tracking import default_tracking_uri
+    from orchestrator.search.tracking import default_tracking_uri
 
-    if "://" in plan.storage:
-        from orchestrator.errors import ConfigError
-
-        raise ConfigError("remote --storage needs --mlflow-uri (a sqlite store cannot live there)")
-    Path(plan.experiment_dir).mkdir(parents=True, exist_ok=True)
+    Path(plan.experiment_dir).mkdir(parents=True, exist_ok=True)  # local: the plan refused remote storage
     return default_tracking_uri(Path(plan.experiment_dir))
 
 
-def _parent_run(plan: Plan, client: Any, uri: str, args: argparse.Namespace, argv: list[str],
-                identity: dict[str, str]) -> dict[str, Any]:
-    from orchestrator.tracking import ensure_experiment, start_parent_run
+def _parent_run(plan: Plan, client: Any, uri: str, identity: dict[str, str]) -> dict[str, Any]:
+    from orchestrator.search.tracking import ensure_experiment, start_parent_run
 
-    if args.resume:
+    if plan.resume:
         return read_state(plan)
     artifact_dir = None if plan.tracking_uri else Path(plan.experiment_dir) / "mlartifacts"
     experiment_id = ensure_experiment(client, plan.name, artifact_dir)
@@ -106,7 +107,8 @@ def _parent_run(plan: Plan, client: Any, uri: str, args: argparse.Namespace, arg
         "fid_n": plan.settings.fid_n, "grace_period": plan.grace_period,
         "reduction_factor": plan.reduction_factor, "seed": plan.settings.seed,
         "gpus_per_trial": plan.resources["gpu"], "cpus_per_trial": plan.resources["cpu"],
-        "max_concurrent": plan.max_concurrent, "precision": plan.settings.precision, "argv": " ".join(argv),
+        "max_concurrent": plan.max_concurrent, "precision": plan.settings.precision,
+        "argv": " ".join(plan.argv),
         **identity,
     }
     tags = {"git_commit": git_commit(), "space_file": str(plan.space.path),
@@ -123,7 +125,7 @@ def _tune_config(plan: Plan) -> Any:
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    from orchestrator.space import make_searcher
+    from orchestrator.search.space import make_searcher
 
     # ASHA ranks a trial on its best FID so far: GAN FID is not monotone, and the checkpoint kept for
     # a trial is its best, so that is the generator the trial would hand over if stopped now
@@ -143,7 +145,7 @@ def _tune_config(plan: Plan) -> Any:
 def _run_config(plan: Plan, logger: Any) -> Any:
     from ray import tune
 
-    from orchestrator.history import KeepTrialHistory
+    from orchestrator.search.history import KeepTrialHistory
 
     key = fid_key(plan.settings)
     return tune.RunConfig(
@@ -208,7 +210,7 @@ def _summarise(plan: Plan, results: Any, client: Any, state: dict[str, Any], wal
 
     key = fid_key(plan.settings)
     table = results_table(results, key, plan.max_evals)
-    from orchestrator.tracking import mark_lost_runs
+    from orchestrator.search.tracking import mark_lost_runs
 
     mark_lost_runs(client, state["experiment_id"], state["parent_run_id"], set(table["trial_id"].astype(str)))
     csv = Path(plan.experiment_dir) / "results.csv" if "://" not in plan.storage else Path("results.csv")
@@ -236,7 +238,7 @@ def _summarise(plan: Plan, results: Any, client: Any, state: dict[str, Any], wal
     client.log_batch(parent, tags=[RunTag("best_trial", str(best["trial_id"])),
                                    RunTag("best_run_id", best_run or ""),
                                    RunTag(f"best_{key}", f"{best[f'best_{key}']:.4f}")])
-    from orchestrator.export import log_best_model
+    from orchestrator.search.export import log_best_model
 
     log_best_model(results, str(best["trial_id"]), best_run, state, key)
     config: dict[str, Any] = next(
@@ -257,7 +259,7 @@ def _log_search_plots(plan: Plan, results: Any, table: pd.DataFrame, client: Any
     coordinates, on the parent run."""
     import tempfile
 
-    from orchestrator import plots
+    from orchestrator.search import plots
 
     key = fid_key(plan.settings)
     histories = {

@@ -24,6 +24,9 @@ coverage keeps it from adding up over the background, and the moments are taken 
 Tolerance boxes of different prototypes never overlap (a test checks it), so "within one box" is
 the confidence test: an image near two classes lies in neither box and is rejected. Everything is
 scale-free, so 32 and 64 px read the same; it runs batched in torch, on the images' own device.
+
+It lives beside the drawing code whose colours and sizes it reads back, not in ``metrics/`` (where
+STYLE's sketch puts coverage): so the metrics need no dataset code, and sit on the data's floor.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import math
 import numpy as np
 import torch
 
-from orchestrator.shapes import COLOURS, SHAPE_CLASSES, SIZES
+from orchestrator.data.shapes import COLOURS, SHAPE_CLASSES, SIZES
 
 _CHUNK = 1024  # images decoded at once: ~200 MB of float32 work at 64 px
 

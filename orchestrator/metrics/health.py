@@ -16,14 +16,11 @@ Failure modes:
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from orchestrator.errors import SearchSpaceError, did_you_mean
+from orchestrator.config import HealthConfig
 
 DIVERGED = "diverged"
 DISCRIMINATOR_WINS = "discriminator_wins"
@@ -38,55 +35,6 @@ COMPLETED, STOPPED, FAILED, LOST = "completed", "stopped_early", "failed", "lost
 def outcome(failed: bool, evals: int, max_evals: int) -> str:
     """Failed (a detector or an error), completed (the whole budget), else stopped early (ASHA)."""
     return FAILED if failed else COMPLETED if evals >= max_evals else STOPPED
-
-
-@dataclass(frozen=True)
-class HealthConfig:
-    """Thresholds; the ``health:`` section of a search-space file overrides any of them."""
-
-    start_after: int = 3  # evaluations before collapse checks: an untrained generator looks collapsed
-    patience: int = 2  # consecutive evaluations a condition must hold
-    d_fake_floor: float = 0.01  # mean D(G(z)) below this: D rejects everything (bce, lsgan)
-    d_loss_floor: float = 0.01  # ... and D's loss below this: D has nothing left to learn
-    g_rise_evals: int = 3  # ... or the G loss rose over this many evaluations in a row
-    loss_floor: float = 1e-4  # |D loss| and |G loss| both below this: vanishing losses
-    # collapse is realistic samples of too few kinds; an untrained generator has low recall, high
-    # NDB and little spread too (early on it draws the same blob for every z), but its samples are
-    # not realistic: recall, NDB, spread and coverage only count when precision (or, on shapes, the
-    # decodable fraction) shows the samples look real
-    precision_floor: float = 0.5
-    recall_min: float = 0.02  # recall below this: generated samples miss most of the real data
-    ndb_max: float = 0.9  # NDB/K above this: almost every bin differs from the real data
-    diversity_min: float = 0.2  # feature spread of generated / real below this: too few kinds
-    coverage_min: float = 0.0  # shapes only: fraction of the 32 classes produced (0 disables)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str) -> HealthConfig:
-        names = [f.name for f in dataclasses.fields(cls)]
-        kwargs: dict[str, Any] = {}
-        for key, value in values.items():
-            if key not in names:
-                raise SearchSpaceError(f"{source}: health: unknown key {key!r}{did_you_mean(key, names)}")
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise SearchSpaceError(f"{source}: health: {key}={value!r} must be a number")
-            kwargs[key] = value
-        config = cls(**kwargs)
-        config.validate(source)
-        return config
-
-    def validate(self, source: str) -> None:
-        ranges = {
-            "start_after": (0, 10_000), "patience": (1, 1000), "g_rise_evals": (1, 1000),
-            "d_fake_floor": (0, 0.5), "d_loss_floor": (0, 10), "loss_floor": (0, 1),
-            "recall_min": (0, 1), "ndb_max": (0, 1), "diversity_min": (0, 1), "coverage_min": (0, 1),
-            "precision_floor": (0, 1),
-        }
-        for key, (low, high) in ranges.items():
-            value = getattr(self, key)
-            integer = key in ("start_after", "patience", "g_rise_evals")
-            if not (low <= value <= high) or (integer and value != int(value)) or math.isnan(value):
-                kind = "an integer" if integer else "a number"
-                raise SearchSpaceError(f"{source}: health: {key}={value!r} must be {kind} in [{low}, {high}]")
 
 
 @dataclass(frozen=True)

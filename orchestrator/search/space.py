@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 import orchestrator
-from orchestrator.config import TrialConfig
+from orchestrator.config import HealthConfig, TrialConfig
 from orchestrator.errors import ConfigError, SearchSpaceError, did_you_mean
-from orchestrator.health import HealthConfig
-from orchestrator.space_schema import (
+from orchestrator.search.schema import (
     Budget,
     Param,
     active_params,

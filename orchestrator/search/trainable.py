@@ -22,18 +22,18 @@ from ray import tune
 from ray.tune.result import DONE
 
 from orchestrator.config import RunSettings, TrialConfig
-from orchestrator.data import CachedDataset
+from orchestrator.data.dataset import CachedDataset
 from orchestrator.errors import TrainingDiverged
-from orchestrator.export import GENERATOR_FILE  # the evaluation generator alone, for sampling
-from orchestrator.health import DIVERGED, Verdict
+from orchestrator.gan.placement import place, trial_device
+from orchestrator.gan.step import to_cpu
+from orchestrator.gan.trial import TrialRunner, best_fid_key, device_images, fid_key
 from orchestrator.images import save_png
 from orchestrator.metrics.diversity import RealReference
 from orchestrator.metrics.fid import FeatureStats
+from orchestrator.metrics.health import DIVERGED, Verdict
 from orchestrator.metrics.inception import load_inception
-from orchestrator.placement import place, trial_device
-from orchestrator.plots import loss_curves, metric_curves
-from orchestrator.train import to_cpu
-from orchestrator.trial import TrialRunner, best_fid_key, device_images, fid_key
+from orchestrator.search.export import GENERATOR_FILE  # the evaluation generator alone, for sampling
+from orchestrator.search.plots import loss_curves, metric_curves
 
 log = logging.getLogger(__name__)
 

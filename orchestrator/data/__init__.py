@@ -1,0 +1,2 @@
+"""Datasets: the registry of names, where each one's files are, the keyed uint8 cache, and the
+built-in ``shapes`` dataset."""

@@ -1,0 +1,90 @@
+"""``python -m orchestrator.search DATASET``: sample GAN hyperparameters with Optuna (TPE), stop poor
+trials with ASHA on FID, track everything in MLflow.
+
+Flow: parse -> plan and validate (space, data, weights; exit 2 on bad input) -> prepare the data cache
+and the real-image FID statistics once -> Tuner -> summary. ``--resume`` continues an interrupted search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from orchestrator.cli import run_main
+from orchestrator.config import PRECISIONS
+from orchestrator.data import dataset as datasets
+from orchestrator.data import sources
+from orchestrator.search.plan import check_resumable, check_tracking_server, make_plan, print_plan
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    args = _parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
+    args.address = args.address or os.environ.get("RAY_ADDRESS")  # set for a `ray job submit` driver
+    return args
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m orchestrator.search", description=__doc__.split("\n")[0])
+    p.add_argument("dataset", help=f"one of {', '.join(sources.DATASETS)} or folder:PATH")
+    p.add_argument("--space", type=Path, help="search-space YAML (default search_spaces/DATASET.yaml)")
+    p.add_argument("--num-samples", type=int, help="trials to sample (default 16)")
+    p.add_argument("--max-evals", type=int, help="evaluations per trial at most (ASHA max_t; space default)")
+    p.add_argument("--eval-every", type=int, help="generator steps per evaluation (space default)")
+    p.add_argument("--fid-n", type=int, help="images per FID (space default)")
+    p.add_argument("--grace-period", type=int, help="evaluations before ASHA may stop a trial (space "
+                   "default; equal to --max-evals: no early stopping)")
+    p.add_argument("--reduction-factor", type=float, help="ASHA keeps 1 in this many at each rung (space "
+                   "default, >= 2)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 (default: 0.25 "
+                   "when a GPU is visible, else 0)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPU share per trial (default 1 with a GPU, "
+                   "else the cores divided among the concurrent trials)")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), help="what trials compute on (default: "
+                   "cuda with a GPU share, else cpu; cpu with a GPU share schedules by logical GPUs)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="what trials compute in (default "
+                   "auto: bf16 on GPUs with native bf16, else fp16 with loss scaling; fp32 on the CPU)")
+    p.add_argument("--max-concurrent", type=int, help="trials running at once (default 4)")
+    p.add_argument("--max-failures", type=int, default=3,
+                   help="restarts of a crashed trial from its last checkpoint (default 3)")
+    p.add_argument("--storage", default="runs", help="Tune storage: a folder or a URI such as s3://bucket/x")
+    p.add_argument("--mlflow-uri", help="tracking server, e.g. http://127.0.0.1:5000 (default: a sqlite file "
+                   "beside the results)")
+    p.add_argument("--name", help="experiment name (default DATASET-TIME; with --resume: the latest)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search of that name")
+    p.add_argument("--seed", type=int, default=0, help="seeds Optuna and every trial")
+    p.add_argument("--address", help="an existing Ray cluster (default: $RAY_ADDRESS, as in a `ray job "
+                   "submit`, else start a local one)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved search and exit")
+    p.add_argument("--smoke-test", action="store_true", help="tiny: 4 trials, few steps, small FID")
+    p.add_argument("--download", action="store_true", help="let torchvision fetch a missing dataset")
+    p.add_argument("--data-root", type=Path, help="folder holding the dataset's files")
+    p.add_argument("--classes", help="comma-separated class subset, e.g. pizza,sushi")
+    p.add_argument("--limit", type=int, help="use at most this many training images")
+    p.add_argument("--fid-weights", type=Path, help="FID Inception weights (default: search)")
+    p.add_argument("--cache-dir", type=Path, help="decoded data and FID statistics")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = make_plan(args)
+    spec = datasets.spec_for(plan.settings)
+    datasets.validate(spec)
+    if args.resume:
+        check_resumable(plan)
+    if args.dry_run:  # contacts nothing: the cluster's job is checked on a laptop with this
+        print_plan(plan)
+        return 0
+    check_tracking_server(plan.tracking_uri)
+    from orchestrator.search.runner import run_search  # heavy imports (ray, mlflow) only past validation
+
+    return run_search(plan)
+
+
+def cli_main(argv: Sequence[str] | None = None) -> int:
+    return run_main(main, argv)
+
