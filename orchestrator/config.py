@@ -23,7 +23,7 @@ LOSSES = ("bce", "wgan", "wgan-gp", "hinge", "lsgan")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 D_NORMS = ("batch", "spectral", "none")
 RESOLUTIONS = (32, 64)
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # what a trial computes in (orchestrator.placement)
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # what a trial computes in (orchestrator.gan.placement)
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ class RunSettings:
     eval_seed: int = 12345  # fixes the latents of every FID and every image grid
     seed: int = 0  # fixes weights and data order
     device: str = "auto"  # "auto" picks cuda when present
-    precision: str = "auto"  # autocast dtype: auto | bf16 | fp16 | fp32 (orchestrator.placement)
+    precision: str = "auto"  # autocast dtype: auto | bf16 | fp16 | fp32 (orchestrator.gan.placement)
     health: HealthConfig = field(default_factory=HealthConfig)  # failure-detector thresholds
 
     def __post_init__(self) -> None:

@@ -20,7 +20,7 @@ from orchestrator.data import dataset as datasets
 from orchestrator.data import sources
 from orchestrator.errors import ConfigError, TrainingDiverged
 from orchestrator.gan.placement import place, resolve_device
-from orchestrator.gan.trial import TrialRunner, check_fid_n, fid_key, format_report
+from orchestrator.gan.trial import TrialRunner, fid_key, format_report
 from orchestrator.images import save_png
 from orchestrator.metrics.diversity import real_reference
 from orchestrator.metrics.inception import load_inception
@@ -82,12 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     datasets.validate(spec)
     if (args.steps is not None and args.steps < 1) or (args.epochs is not None and args.epochs <= 0):
         raise ConfigError("--steps/--epochs must be positive")
+    if not spec.download:  # counting a dataset still to be fetched would fetch it
+        datasets.check_fid_n(settings.fid_n, datasets.available(spec, settings.cache_dir), spec.name)
     device = resolve_device(settings.device)
     placement = place(device, settings.precision)  # bf16 asked of a GPU without it fails here
     extractor = load_inception(args.fid_weights, device=device)
 
     data = datasets.prepare_dataset(spec, settings.cache_dir)
-    check_fid_n(settings.fid_n, len(data), spec.name)
+    datasets.check_fid_n(settings.fid_n, len(data), spec.name)  # unreadable files skipped
     reference, real_ref = real_reference(
         data.images, data.key, settings.fid_n, extractor, settings.cache_dir, device=device
     )

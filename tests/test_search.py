@@ -158,6 +158,7 @@ def test_flags_set_how_early_asha_stops(capsys: pytest.CaptureFixture[str]) -> N
         (["shapes", "--dry-run", "--max-evals", "4", "--grace-period", "5"], "--grace-period 5 exceeds"),
         (["shapes", "--dry-run", "--reduction-factor", "1.5"], "--reduction-factor 1.5 must be at least 2"),
         (["shapes", "--resume", "--name", "nothing-here"], "holds no search to resume"),
+        (["shapes", "--dry-run", "--limit", "100", "--fid-n", "200"], "FID needs 200 real images but"),
         (["shapes", "--smoke-test", "--mlflow-uri", "http://127.0.0.1:9"], "no MLflow server answers"),
     ],
 )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from orchestrator.data import shapes
-from orchestrator.data.dataset import DataSpec, prepare_dataset
+from orchestrator.data.dataset import DataSpec, available, prepare_dataset
 from orchestrator.data.shapes import SHAPE_CLASSES, class_parts, draw_shapes
 
 
@@ -112,3 +112,14 @@ def test_both_resolutions_show_the_same_scene() -> None:
 def _bbox(mask: np.ndarray) -> np.ndarray:
     rows, cols = np.nonzero(mask)
     return mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+
+
+@pytest.mark.parametrize("spec", [
+    DataSpec("shapes", resolution=32, limit=300),
+    DataSpec("shapes", split="test", resolution=32, classes=("red small circle",)),
+])
+def test_available_counts_without_drawing_what_prepare_gives(tmp_path: Path, spec: DataSpec) -> None:
+    """The count --dry-run checks --fid-n against: from the labels alone before the cache exists."""
+    before = available(spec, tmp_path)
+    assert not (tmp_path / "data").exists()  # nothing drawn, nothing cached
+    assert before == len(prepare_dataset(spec, tmp_path, progress=False)) == available(spec, tmp_path)

@@ -4,7 +4,7 @@
 memory) into one ``[N, C, R, R]`` uint8 array: each image centre-cropped to a square and resized
 (antialiased) to 32 or 64 px, files in a process pool. ``write_cache`` stores it atomically as
 ``<key>.npy``, ``<key>.labels.npy`` and ``<key>.json``; ``read_cache`` memory-maps a complete entry.
-Which data to decode, and under which key, is ``orchestrator.data``'s business.
+Which data to decode, and under which key, is ``orchestrator.data.dataset``'s business.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Datasets by name, decoded once into a keyed uint8 cache, and sampled on the training device.
 
-``prepare_dataset`` looks a name up in the registry (``orchestrator.sources``), whose entries each
+``prepare_dataset`` looks a name up in the registry (``orchestrator.data.sources``), whose entries each
 find their data (or say how to get it) and fingerprint it cheaply. The cache key is a sha256 of the
 spec, that fingerprint and ``FORMAT_VERSION``; only on a miss are the images decoded (centre square
 crop, antialiased resize to 32 or 64 px) into ``<cache_dir>/data/<key>.npy``, an ``[N, C, R, R]``
@@ -39,7 +39,7 @@ from orchestrator.data.sources import (
     finder,
 )
 from orchestrator.data.spec import DataSpec
-from orchestrator.errors import DataError, did_you_mean
+from orchestrator.errors import ConfigError, DataError, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,27 @@ def prepare_dataset(spec: DataSpec, cache_dir: Path, progress: bool = True) -> C
     if cached is None:
         raise DataError(f"the dataset cache in {data_dir} cannot be read back after writing it")
     return cached
+
+
+def check_fid_n(fid_n: int, available: int, dataset: str) -> None:
+    """FID is named after its sample count, so the real side must have that many images."""
+    if fid_n > available:
+        raise ConfigError(
+            f"FID needs {fid_n} real images but {dataset} has {available}: lower --fid-n or raise --limit"
+        )
+
+
+def available(spec: DataSpec, cache_dir: Path) -> int:
+    """How many images ``prepare_dataset`` will give, without decoding any: the cache's count on a
+    hit, else the count of the selected listing (a decode that skips unreadable files gives a few
+    fewer, which the caller's check after preparing still catches)."""
+    validate(spec)
+    source = finder(spec)(spec)
+    cached = read_cache(Path(cache_dir) / "data", _cache_key(spec, source.identity))
+    if cached is not None:
+        return len(cached[1])
+    listing = (source.labels or source.load)()
+    return len(_select(spec, listing)[0])
 
 
 def _check_classes(spec: DataSpec, names: Sequence[str]) -> None:

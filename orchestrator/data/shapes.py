@@ -50,6 +50,11 @@ def draw_shapes(split: str, resolution: int, count: int) -> tuple[np.ndarray, np
     return images, params["label"].astype(np.int64)
 
 
+def shape_labels(split: str, count: int) -> np.ndarray:
+    """``draw_shapes``'s labels without drawing: int64 ``[count]``."""
+    return _parameters(split, count)["label"].astype(np.int64)
+
+
 def _parameters(split: str, count: int) -> dict[str, np.ndarray]:
     """Per-image class and jitter, drawn block by block so that a shorter build is a prefix."""
     blocks = [_block_parameters(split, b) for b in range(max(1, -(-count // BLOCK)))]

@@ -39,6 +39,8 @@ class Source:
 
     identity: dict[str, Any]  # what the data depends on beyond the spec: part of the cache key
     load: Callable[[], Listing]  # the slow part, run only on a cache miss
+    # the labels alone, where ``load`` does real work before decoding (drawing pixels)
+    labels: Callable[[], Listing] | None = None
 
 
 # --- the registry: each entry finds its data and fingerprints it; `load` does the slow part
@@ -51,7 +53,10 @@ def _shapes(spec: DataSpec) -> Source:
         images, labels = shapes.draw_shapes(spec.split, spec.resolution, count)
         return Listing(shapes.SHAPE_CLASSES, labels, pixels=images)
 
-    return Source({"generator": shapes.GENERATOR_VERSION, "count": count}, load)
+    def labels() -> Listing:
+        return Listing(shapes.SHAPE_CLASSES, shapes.shape_labels(spec.split, count))
+
+    return Source({"generator": shapes.GENERATOR_VERSION, "count": count}, load, labels)
 
 
 def _food101(spec: DataSpec) -> Source:

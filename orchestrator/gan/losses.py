@@ -1,7 +1,7 @@
 """GAN losses by name. Each maps the discriminator's raw scores to a D loss and a G loss.
 
 The weight clipping of ``wgan`` and the gradient penalty of ``wgan-gp`` need the discriminator
-itself, so they live in ``train.py``; here each loss only says whether it needs them.
+itself, so they live in ``step.py``; here each loss only says whether it needs them.
 """
 
 from __future__ import annotations

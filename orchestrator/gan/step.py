@@ -2,7 +2,7 @@
 
 ``build_state`` makes the nets and optimisers from a TrialConfig; ``train_step`` does ``n_critic``
 discriminator steps and one generator step. Where and in which number format it computes is the
-state's ``Placement`` (``orchestrator.placement``): by default bf16 autocast with channels_last
+state's ``Placement`` (``orchestrator.gan.placement``): by default bf16 autocast with channels_last
 tensors on CUDA (fp16 with a gradient scaler on GPUs without native bf16), fp32 on the CPU; fused
 optimisers wherever torch has them. The step itself has no device branch: the CPU tests run it in
 every precision and memory format a GPU uses.

@@ -22,7 +22,6 @@ from orchestrator.atomic import atomic_write
 from orchestrator.config import RunSettings, TrialConfig
 from orchestrator.data.dataset import CachedDataset, DeviceImages
 from orchestrator.data.shapes_decoder import decode_shapes, mode_coverage, mode_entropy
-from orchestrator.errors import ConfigError
 from orchestrator.gan.placement import Placement, place
 from orchestrator.gan.step import (
     GANState,
@@ -53,14 +52,6 @@ def fid_key(settings: RunSettings) -> str:
 
 def best_fid_key(settings: RunSettings) -> str:
     return f"{fid_key(settings)}_best"
-
-
-def check_fid_n(fid_n: int, available: int, dataset: str) -> None:
-    """FID is named after its sample count, so the real side must have that many images."""
-    if fid_n > available:
-        raise ConfigError(
-            f"FID needs {fid_n} real images but {dataset} has {available}: lower --fid-n or raise --limit"
-        )
 
 
 @dataclass

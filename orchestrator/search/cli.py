@@ -74,6 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = make_plan(args)
     spec = datasets.spec_for(plan.settings)
     datasets.validate(spec)
+    if not spec.download:  # counting a dataset still to be fetched would fetch it
+        available = datasets.available(spec, plan.settings.cache_dir)
+        datasets.check_fid_n(plan.settings.fid_n, available, spec.name)
     if args.resume:
         check_resumable(plan)
     if args.dry_run:  # contacts nothing: the cluster's job is checked on a laptop with this

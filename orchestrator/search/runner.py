@@ -15,7 +15,7 @@ import pandas as pd
 
 from orchestrator.data import dataset as datasets
 from orchestrator.gan.placement import resolve_device
-from orchestrator.gan.trial import best_fid_key, check_fid_n, fid_key
+from orchestrator.gan.trial import best_fid_key, fid_key
 from orchestrator.metrics.diversity import real_reference
 from orchestrator.metrics.health import FAILED, outcome
 from orchestrator.metrics.inception import load_inception
@@ -52,7 +52,7 @@ def run_search(plan: Plan) -> int:
     extractor = load_inception(weights, device=resolve_device("auto"))  # fails before any data work
     print_plan(plan)
     data = datasets.prepare_dataset(spec, plan.settings.cache_dir)
-    check_fid_n(plan.settings.fid_n, len(data), spec.name)
+    datasets.check_fid_n(plan.settings.fid_n, len(data), spec.name)  # unreadable files skipped
     reference, real_ref = real_reference(
         data.images, data.key, plan.settings.fid_n, extractor, plan.settings.cache_dir,
         device=extractor.device,
