@@ -23,6 +23,8 @@ LOSSES = ("bce", "wgan", "wgan-gp", "hinge", "lsgan")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 D_NORMS = ("batch", "spectral", "none")
 RESOLUTIONS = (32, 64)
+# image files a folder dataset or a folder of samples may hold (what PIL reads; compared lower-case)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # what a trial computes in (orchestrator.gan.placement)
 
 

@@ -45,3 +45,8 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest choice, or '' when none is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -20,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from orchestrator.cli import UsageParser, run_main
-from orchestrator.config import RunSettings, default_cache_dir
+from orchestrator.config import IMAGE_SUFFIXES, RunSettings, default_cache_dir
 from orchestrator.errors import ConfigError, DataError, did_you_mean
 from orchestrator.metrics.fid import FeatureStats, extract_stats, fid, metric_name
 from orchestrator.metrics.fid import select as select_images
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # pytorch-fid's list, so a folder means the same images to both tools
-IMAGE_SUFFIXES = frozenset({".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"})
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,13 +21,12 @@ from pathlib import Path
 import torch
 
 from orchestrator.cli import UsageParser, run_main, tracking_uri
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, first_line
+from orchestrator.gan.checkpoints import load_generator
 from orchestrator.images import grid_image, save_png, to_image
 from orchestrator.search.export import (
     CHECKPOINT_ARTIFACT,
     RUN_MODEL_TAG,
-    first_line,
-    load_generator,
     tracking_uri_set,
 )
 

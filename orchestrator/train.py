@@ -14,11 +14,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from orchestrator.cli import run_main
-from orchestrator.config import PRECISIONS, RunSettings, TrialConfig, default_cache_dir
+from orchestrator.cli import add_run_flags, run_main, run_settings
+from orchestrator.config import RunSettings, TrialConfig
 from orchestrator.data import dataset as datasets
 from orchestrator.data import sources
 from orchestrator.errors import ConfigError, TrainingDiverged
+from orchestrator.gan.checkpoints import TRIAL_FILE
 from orchestrator.gan.placement import place, resolve_device
 from orchestrator.gan.trial import TrialRunner, fid_key, format_report
 from orchestrator.images import save_png
@@ -39,38 +40,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--fid-n", type=int, default=2000, help="images per FID (default 2000)")
     p.add_argument("--resolution", type=int, default=64, help="32 or 64 (default 64)")
     p.add_argument("--out", type=Path, help="output folder (default runs/train-DATASET-TIME)")
-    p.add_argument("--data-root", type=Path, help="folder holding the dataset's files")
-    p.add_argument("--download", action="store_true", help="let torchvision fetch a missing dataset")
-    p.add_argument("--classes", help="comma-separated class subset, e.g. pizza,sushi")
-    p.add_argument("--limit", type=int, help="use at most this many training images")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-seed", type=int, default=12345)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="autocast dtype (default auto: "
-                   "bf16 on GPUs with native bf16, else fp16 with loss scaling; fp32 on the CPU)")
-    p.add_argument("--fid-weights", type=Path, help="FID Inception weights (default: search)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="decoded data and FID statistics")
+    add_run_flags(p)
     return p.parse_args(argv)
 
 
 def _settings(args: argparse.Namespace) -> RunSettings:
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError(f"--limit {args.limit} must be at least 1")
-    return RunSettings(
-        dataset=args.dataset,
-        resolution=args.resolution,
-        data_root=args.data_root,
-        cache_dir=args.cache_dir or default_cache_dir(),
-        download=args.download,
-        classes=tuple(args.classes.split(",")) if args.classes else None,
-        max_images=args.limit,
-        eval_every=args.eval_every or 500,
-        fid_n=args.fid_n,
-        eval_seed=args.eval_seed,
-        seed=args.seed,
-        device=args.device,
-        precision=args.precision,
-    )
+    return run_settings(args, resolution=args.resolution, eval_every=args.eval_every or 500, fid_n=args.fid_n,
+                        eval_seed=args.eval_seed, device=args.device)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = runner.evaluate()
             print(format_report(report, settings), flush=True)
             save_png(runner.grid(), out / f"samples_step{runner.step:07d}.png")
-            runner.save(out / "checkpoint.pt")
+            runner.save(out / TRIAL_FILE)
             if runner.verdict is not None:
                 print(f"stopped: {runner.verdict.describe()}; checkpoint and grids in {out}", flush=True)
                 return 1

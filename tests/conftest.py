@@ -12,6 +12,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Whatever reads the shared smoke search is an integration test too (see pyproject's markers)."""
+    for item in items:
+        if "smoke_search" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     root = Path(os.environ.get("ORCHESTRATOR_TEST_DATA", REPO.parent / "shared" / "data"))

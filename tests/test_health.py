@@ -150,6 +150,7 @@ def _train(tmp_path: Path, name: str, lr: float, steps: int) -> subprocess.Compl
     )
 
 
+@pytest.mark.integration
 def test_lr_0_2_is_stopped_and_2e_4_is_not(tmp_path: Path) -> None:
     """The seed article's failing setting: at lr 0.2 D rejects every sample within 20 steps."""
     bad = _train(tmp_path, "bad", 0.2, 200)

@@ -26,6 +26,8 @@ from mlflow import MlflowClient
 from PIL import Image
 from servers import free_port
 
+pytestmark = pytest.mark.integration  # whole searches: deselected by a plain `pytest`
+
 try:
     from selenium import webdriver
     from selenium.common.exceptions import (

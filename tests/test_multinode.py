@@ -19,6 +19,8 @@ from servers import free_port, start_server, stop_server
 
 from orchestrator.search.cli import main
 
+pytestmark = pytest.mark.integration  # whole searches: deselected by a plain `pytest`
+
 EVAL_EVERY, MAX_EVALS = 20, 5
 STEPS = [EVAL_EVERY * (i + 1) for i in range(MAX_EVALS)]
 SPACE = f"""\

@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train import SMALL, Blobs
+from fakes import SMALL, Blobs, MomentFeatures, blob_images
 
 from orchestrator.config import RunSettings, TrialConfig
 from orchestrator.data.dataset import CachedDataset, DeviceImages
 from orchestrator.errors import ConfigError
+from orchestrator.gan.checkpoints import load_checkpoint
 from orchestrator.gan.placement import Placement, place, resolve_precision, trial_device
 from orchestrator.gan.step import (
     build_state,
     generate,
-    load_checkpoint,
     load_state_dict,
     queue_step,
     state_dict,
@@ -112,7 +112,7 @@ def test_search_records_and_checks_the_precision(capsys: pytest.CaptureFixture[s
 def test_every_precision_and_format_trains(precision: str, channels_last: bool) -> None:
     placement = place("cpu", precision, channels_last)
     state = build_state(_config(ema_decay=0.9, loss="wgan-gp"), 3, 32, placement, seed=0)
-    stats = train_steps(state, DeviceImages(_blobs(64), "cpu", channels_last), 4)
+    stats = train_steps(state, DeviceImages(blob_images(64), "cpu", channels_last), 4)
     assert state.step == 4 and all(math.isfinite(s.d_loss) and math.isfinite(s.g_loss) for s in stats)
     for net in (state.generator, state.discriminator, state.ema):
         assert _formats_match(net, channels_last)  # the EMA too: its update is then a plain lerp
@@ -161,7 +161,7 @@ def test_the_step_makes_every_tensor_on_the_trials_device(loss: str, optimizer: 
     placement = Placement(torch.device("meta"), "fp32", channels_last=True)
     state = build_state(_config(loss=loss, optimizer=optimizer, ema_decay=0.9, d_dropout=0.1), 3, 32,
                         placement, seed=0)
-    images = DeviceImages(_blobs(32), placement.device, channels_last=True)
+    images = DeviceImages(blob_images(32), placement.device, channels_last=True)
     stats = queue_step(state, images)  # a CPU tensor mixed in anywhere would raise here
     assert stats.device.type == "meta" and stats.shape == (6,) and state.step == 1
     assert images.sample(8, state.rng).is_contiguous(memory_format=CHANNELS_LAST)
@@ -252,23 +252,8 @@ def test_the_runs_record_the_precision_asked_and_the_one_each_trial_used(smoke_s
 # --- helpers
 
 
-class MomentFeatures:
-    """A stand-in feature extractor: per-channel means and spreads (FID's maths, not Inception)."""
-
-    name, dims, has_classifier = "moments", 6, False
-
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
-        x = images.float()
-        return torch.cat([x.mean((2, 3)), x.std((2, 3))], 1), None
-
-
-def _blobs(n: int) -> np.ndarray:
-    batch = Blobs().sample(n, torch.Generator().manual_seed(0))
-    return ((batch + 1) * 127.5).round().to(torch.uint8).numpy()
-
-
 def _runner(placement: Placement, seed: int = 0) -> TrialRunner:
-    images = _blobs(64)
+    images = blob_images(64)
     data = CachedDataset(images, np.zeros(len(images), np.int64), ("blob",), "blobs", Path("blobs.npy"))
     reference = FeatureStats(MomentFeatures.dims)
     reference.update(MomentFeatures()(torch.from_numpy(images).float() / 127.5 - 1)[0])
@@ -321,8 +306,8 @@ def test_cuda_auto_precision_trains_and_restores(tmp_path: Path) -> None:
 def test_cuda_every_precision_matches_fp32s_first_step(precision: str) -> None:
     exact = build_state(_config(), 3, 32, place("cuda", "fp32", channels_last=False), seed=1)
     other = build_state(_config(), 3, 32, place("cuda", precision), seed=1)
-    data = DeviceImages(_blobs(64), "cuda")
+    data = DeviceImages(blob_images(64), "cuda")
     a = train_step(exact, data)
-    b = train_step(other, DeviceImages(_blobs(64), "cuda", channels_last=True))
+    b = train_step(other, DeviceImages(blob_images(64), "cuda", channels_last=True))
     assert b.d_loss == pytest.approx(a.d_loss, rel=0.01) and b.g_loss == pytest.approx(a.g_loss, rel=0.01)
 

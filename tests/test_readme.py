@@ -29,6 +29,8 @@ from typing import Any
 import pytest
 from servers import free_port
 
+pytestmark = pytest.mark.integration  # whole searches: deselected by a plain `pytest`
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 

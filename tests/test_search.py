@@ -20,6 +20,8 @@ from servers import free_port, start_server, stop_server
 
 from orchestrator.search.cli import main
 
+pytestmark = pytest.mark.integration  # whole searches: deselected by a plain `pytest`
+
 FID = "fid128"  # the smoke test's FID: 128 images
 
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from fakes import SMALL, Blobs
 
 from orchestrator.config import LOSSES, TrialConfig
 from orchestrator.errors import ConfigError, TrainingDiverged
@@ -13,24 +14,6 @@ from orchestrator.gan.losses import LOSSES as LOSS_FNS
 from orchestrator.gan.losses import gradient_penalty
 from orchestrator.gan.models import Discriminator, Generator
 from orchestrator.gan.step import build_state, generate, load_state_dict, state_dict, train_step, train_steps
-
-SMALL = {"nz": 16, "ngf": 8, "ndf": 8, "batch_size": 16}
-
-
-class Blobs:
-    """A toy image source: bright square on dark ground at a random place, 3 x 32 x 32 in [-1, 1]."""
-
-    def __init__(self, channels: int = 3, resolution: int = 32, value: float | None = None) -> None:
-        self.channels, self.resolution, self.value = channels, resolution, value
-
-    def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        x = -torch.ones(batch_size, self.channels, self.resolution, self.resolution)
-        if self.value is not None:
-            return x.fill_(self.value)
-        corners = torch.randint(0, self.resolution - 8, (batch_size, 2), generator=generator)
-        for img, (r, c) in zip(x, corners.tolist(), strict=True):
-            img[:, r : r + 8, c : c + 8] = 1.0
-        return x
 
 
 def _state(seed: int = 0, **overrides: object):

@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.config import IMAGE_SUFFIXES
 from orchestrator.data import shapes
 from orchestrator.data.cache import Listing
 from orchestrator.data.spec import DataSpec
 from orchestrator.errors import DataError, did_you_mean
 
 FOLDER_PREFIX = "folder:"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # where each torchvision dataset lives under the data root
 _LOCATIONS = {
     "food101": "food-101",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -286,12 +285,6 @@ def state_dict(state: GANState) -> dict[str, Any]:
         # dropout in D draws from the device's global generator: the trial's device alone
         "cuda_rng": torch.cuda.get_rng_state(state.device) if state.cuda else None,
     })
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A ``state_dict`` file, read onto the CPU whatever device wrote it: RNG states must stay CPU
-    byte tensors, and ``load_state_dict`` places every other tensor where its module lives."""
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def load_state_dict(state: GANState, saved: dict[str, Any]) -> None:

@@ -22,13 +22,13 @@ from orchestrator.atomic import atomic_write
 from orchestrator.config import RunSettings, TrialConfig
 from orchestrator.data.dataset import CachedDataset, DeviceImages
 from orchestrator.data.shapes_decoder import decode_shapes, mode_coverage, mode_entropy
+from orchestrator.gan.checkpoints import load_checkpoint
 from orchestrator.gan.placement import Placement, place
 from orchestrator.gan.step import (
     GANState,
     build_state,
     fixed_latents,
     generate,
-    load_checkpoint,
     load_state_dict,
     state_dict,
     train_steps,

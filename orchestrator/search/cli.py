@@ -13,8 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from orchestrator.cli import run_main
-from orchestrator.config import PRECISIONS
+from orchestrator.cli import add_run_flags, run_main
 from orchestrator.data import dataset as datasets
 from orchestrator.data import sources
 from orchestrator.search.plan import check_resumable, check_tracking_server, make_plan, print_plan
@@ -45,8 +44,6 @@ def _parser() -> argparse.ArgumentParser:
                    "else the cores divided among the concurrent trials)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), help="what trials compute on (default: "
                    "cuda with a GPU share, else cpu; cpu with a GPU share schedules by logical GPUs)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="what trials compute in (default "
-                   "auto: bf16 on GPUs with native bf16, else fp16 with loss scaling; fp32 on the CPU)")
     p.add_argument("--max-concurrent", type=int, help="trials running at once (default 4)")
     p.add_argument("--max-failures", type=int, default=3,
                    help="restarts of a crashed trial from its last checkpoint (default 3)")
@@ -55,17 +52,11 @@ def _parser() -> argparse.ArgumentParser:
                    "beside the results)")
     p.add_argument("--name", help="experiment name (default DATASET-TIME; with --resume: the latest)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search of that name")
-    p.add_argument("--seed", type=int, default=0, help="seeds Optuna and every trial")
     p.add_argument("--address", help="an existing Ray cluster (default: $RAY_ADDRESS, as in a `ray job "
                    "submit`, else start a local one)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved search and exit")
     p.add_argument("--smoke-test", action="store_true", help="tiny: 4 trials, few steps, small FID")
-    p.add_argument("--download", action="store_true", help="let torchvision fetch a missing dataset")
-    p.add_argument("--data-root", type=Path, help="folder holding the dataset's files")
-    p.add_argument("--classes", help="comma-separated class subset, e.g. pizza,sushi")
-    p.add_argument("--limit", type=int, help="use at most this many training images")
-    p.add_argument("--fid-weights", type=Path, help="FID Inception weights (default: search)")
-    p.add_argument("--cache-dir", type=Path, help="decoded data and FID statistics")
+    add_run_flags(p)
     return p
 
 

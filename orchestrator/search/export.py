@@ -1,29 +1,22 @@
-"""Using the winner: a trial's generator, rebuilt from its checkpoint, as a module that maps latents
-to images, and the best one logged as an MLflow model.
-
-The module (``ImageModel``) takes latents of shape (N, nz), float32, and returns float32 images of
-shape (N, C, H, W) with values in [0, 1] (the generator's tanh output, shifted), in eval mode (batch
-norm uses its running statistics, so an image does not depend on the rest of its batch).
-``mlflow.pytorch.load_model(uri)`` gives it back. MLflow 3 saves it as a ``torch.export`` graph by
-default: it loads with torch alone, without this package and without unpickling code.
+"""Using the winner: the best trial's generator (``gan.checkpoints.ImageModel``, latents to images in
+[0, 1]) logged as an MLflow model. ``mlflow.pytorch.load_model(uri)`` gives it back. MLflow 3 saves
+it as a ``torch.export`` graph by default: it loads with torch alone, without this package and
+without unpickling code.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from orchestrator.config import TrialConfig
-from orchestrator.errors import ConfigError
-from orchestrator.gan.models import Generator
+from orchestrator.errors import first_line
+from orchestrator.gan.checkpoints import ImageModel, load_generator
 from orchestrator.gan.step import fixed_latents
 
 log = logging.getLogger(__name__)
@@ -32,46 +25,6 @@ MODEL_PATH = "model"  # the logged model's artifact path on the best trial's run
 MODEL_TAG = "best_model_uri"  # on the parent run: where the best generator is
 RUN_MODEL_TAG = "model_uri"  # the same, on the best trial's run
 CHECKPOINT_ARTIFACT = "checkpoint/generator.pt"  # every trial's last generator, logged by tracking.py
-GENERATOR_FILE = "generator.pt"  # in a Tune checkpoint folder: the evaluation generator alone
-_NEEDED = ("config", "channels", "resolution", "generator")
-
-
-class ImageModel(nn.Module):
-    """(N, nz) latents -> (N, C, H, W) images in [0, 1]."""
-
-    def __init__(self, generator: Generator) -> None:
-        super().__init__()
-        self.generator = generator
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return (self.generator(z) + 1) / 2  # the generator reshapes z to (N, nz, 1, 1) itself
-
-
-def load_generator(path: Path) -> ImageModel:
-    """The generator in a Tune checkpoint folder (its ``generator.pt``) or in a ``.pt`` file: the
-    trainable's ``generator.pt``, its ``state.pt`` or the one-trial CLI's ``checkpoint.pt`` (whose
-    EMA generator, when it has one, is the one evaluated)."""
-    file = path / GENERATOR_FILE if path.is_dir() else path
-    if not file.is_file():
-        raise ConfigError(f"{path}: no {GENERATOR_FILE} in this folder; pass a Tune checkpoint folder "
-                          "(checkpoint_NNNNNN) or a .pt file")
-    try:
-        saved = torch.load(file, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
-        raise ConfigError(f"{file}: cannot be read as a PyTorch checkpoint of tensors") from None
-    if not isinstance(saved, dict) or any(key not in saved for key in _NEEDED):
-        raise ConfigError(f"{file}: not a generator checkpoint (it needs {', '.join(_NEEDED)})")
-    config = TrialConfig.from_dict(saved["config"], source=str(file))
-    resolution = int(saved["resolution"])
-    generator = Generator(config, int(saved["channels"]), resolution)
-    try:
-        generator.load_state_dict(saved.get("ema") or saved["generator"])
-    except RuntimeError as err:
-        raise ConfigError(
-            f"{file}: the weights do not fit the generator its config describes (nz {config.nz}, "
-            f"ngf {config.ngf}, {resolution} px): {_detail(err)}"
-        ) from None
-    return ImageModel(generator).eval()
 
 
 def log_best_model(results: Any, trial_id: str, run_id: str | None, state: dict[str, Any],
@@ -148,12 +101,3 @@ def _resumed(mlflow: Any, run_id: str) -> Iterator[None]:
     finally:
         mlflow.end_run(status=status)
 
-
-def first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
-
-
-def _detail(err: RuntimeError) -> str:
-    """torch's load_state_dict error is a header and one line per mismatch: the first mismatch."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[1] if len(lines) > 1 else first_line(err)

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.atomic import atomic_write
-from orchestrator.config import RunSettings, default_cache_dir
+from orchestrator.cli import run_settings
+from orchestrator.config import RunSettings
 from orchestrator.errors import ConfigError
 from orchestrator.gan.placement import place
 from orchestrator.search.space import SearchSpace, describe, load_space, space_path
@@ -78,19 +79,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
                           "run on the CPU, or pass --address of a cluster with GPU nodes")
     if device == "cuda" and not args.address:
         place("cuda", args.precision)  # e.g. bf16 on a GPU without it: one line now, not in every trial
-    settings = RunSettings(
-        dataset=args.dataset,
+    settings = run_settings(
+        args,
         resolution=space.resolution,
-        data_root=args.data_root,
-        cache_dir=args.cache_dir or default_cache_dir(),
-        download=args.download,
-        classes=tuple(args.classes.split(",")) if args.classes else None,
         max_images=args.limit or smoke.get("limit"),
         eval_every=args.eval_every or smoke.get("eval_every") or budget.eval_every,
         fid_n=args.fid_n or smoke.get("fid_n") or budget.fid_n,
-        seed=args.seed,
         device=device,
-        precision=args.precision,
         health=space.health,
     )
     max_evals = args.max_evals or smoke.get("max_evals") or budget.max_evals

@@ -141,7 +141,7 @@ class MlflowTrialLogger(tune.Callback):
         self._submit(log)
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
-        from orchestrator.search.trainable import CURVE_FILES, GRID_FILE, REPORT_FILE
+        from orchestrator.gan.checkpoints import CURVE_FILES, GRID_FILE, REPORT_FILE
 
         # read now: a checkpoint may be deleted (num_to_keep) before a postponed log runs
         curves = {name: _read_bytes(checkpoint, name) for name in CURVE_FILES}
@@ -208,7 +208,7 @@ class MlflowTrialLogger(tune.Callback):
                                                    tags=[RunTag(k, v) for k, v in tags.items()]))
 
     def _log_generator(self, trial: Any) -> None:
-        from orchestrator.search.export import GENERATOR_FILE
+        from orchestrator.gan.checkpoints import GENERATOR_FILE
 
         checkpoint = trial.checkpoint
         if checkpoint is None:

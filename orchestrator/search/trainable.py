@@ -24,23 +24,25 @@ from ray.tune.result import DONE
 from orchestrator.config import RunSettings, TrialConfig
 from orchestrator.data.dataset import CachedDataset
 from orchestrator.errors import TrainingDiverged
+from orchestrator.gan.checkpoints import (
+    CURVE_FILES,
+    GENERATOR_FILE,
+    GRID_FILE,
+    REPORT_FILE,
+    STATE_FILE,
+    save_generator,
+)
 from orchestrator.gan.placement import place, trial_device
-from orchestrator.gan.step import to_cpu
 from orchestrator.gan.trial import TrialRunner, best_fid_key, device_images, fid_key
 from orchestrator.images import save_png
 from orchestrator.metrics.diversity import RealReference
 from orchestrator.metrics.fid import FeatureStats
 from orchestrator.metrics.health import DIVERGED, Verdict
 from orchestrator.metrics.inception import load_inception
-from orchestrator.search.export import GENERATOR_FILE  # the evaluation generator alone, for sampling
 from orchestrator.search.plots import loss_curves, metric_curves
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.pt"  # everything needed to resume
-GRID_FILE = "grid.png"  # samples from the fixed grid latents at this checkpoint
-REPORT_FILE = "report.json"  # the metrics reported at this checkpoint
-CURVE_FILES = ("loss_curves.png", "metric_curves.png")  # the trial's history so far, as pictures
 
 
 class GanTrainable(tune.Trainable):
@@ -119,17 +121,7 @@ class GanTrainable(tune.Trainable):
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         folder = Path(checkpoint_dir)
         self.runner.save(folder / STATE_FILE)
-        generator = self.runner.state.eval_generator
-        torch.save(
-            {
-                "config": self.runner.state.config.to_dict(),
-                "channels": self.runner.state.channels,
-                "resolution": self.runner.state.resolution,
-                "step": self.runner.step,
-                "generator": to_cpu(generator.state_dict()),  # loads on a machine without a GPU
-            },
-            folder / GENERATOR_FILE,
-        )
+        save_generator(self.runner.state, folder / GENERATOR_FILE)
         save_png(self.runner.grid(), folder / GRID_FILE)
         if self.runner.history:
             history = pd.DataFrame(self.runner.history)
