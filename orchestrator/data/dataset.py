@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from orchestrator.data.cache import (
     read_cache,
     write_cache,
 )
+from orchestrator.data.shapes_decoder import decode_shapes
 from orchestrator.data.sources import (
     FOLDER_PREFIX,
     Source,
@@ -42,6 +43,10 @@ from orchestrator.data.spec import DataSpec
 from orchestrator.errors import ConfigError, DataError, did_you_mean
 
 log = logging.getLogger(__name__)
+
+# datasets whose generated images' classes can be read off the pixels: their evaluations also
+# report mode coverage (see orchestrator.metrics.registry)
+CLASS_READERS: dict[str, Callable[[torch.Tensor], np.ndarray]] = {"shapes": decode_shapes}
 
 SPLITS = ("train", "test")
 MAX_SKIPPED_FRACTION = 0.01

@@ -20,8 +20,7 @@ from PIL import Image
 
 from orchestrator.atomic import atomic_write
 from orchestrator.config import RunSettings, TrialConfig
-from orchestrator.data.dataset import CachedDataset, DeviceImages
-from orchestrator.data.shapes_decoder import decode_shapes, mode_coverage, mode_entropy
+from orchestrator.data.dataset import CLASS_READERS, CachedDataset, DeviceImages
 from orchestrator.gan.checkpoints import load_checkpoint
 from orchestrator.gan.placement import Placement, place
 from orchestrator.gan.step import (
@@ -34,24 +33,14 @@ from orchestrator.gan.step import (
     train_steps,
 )
 from orchestrator.images import grid_image
-from orchestrator.metrics.diversity import RealReference, diversity_metrics
-from orchestrator.metrics.fid import MAX_KEEP, FeatureStats, generated_features, metric_name
-from orchestrator.metrics.fid import fid as frechet_from_stats
+from orchestrator.metrics.diversity import RealReference
+from orchestrator.metrics.fid import MAX_KEEP, FeatureStats, generated_features
 from orchestrator.metrics.health import Verdict, check
 from orchestrator.metrics.inception import FeatureExtractor
-from orchestrator.metrics.inception_score import inception_score
+from orchestrator.metrics.registry import Evaluation, evaluate, objective
 
 GRID_SIZE = 64  # images in each sample grid
 EVAL_BATCH = 100
-
-
-def fid_key(settings: RunSettings) -> str:
-    """The name FID is reported under, e.g. ``fid5k``: the sample count is part of the metric."""
-    return metric_name(settings.fid_n)
-
-
-def best_fid_key(settings: RunSettings) -> str:
-    return f"{fid_key(settings)}_best"
 
 
 @dataclass
@@ -107,7 +96,8 @@ class TrialRunner:
         )
         self.eval_latents = fixed_latents(config.nz, settings.fid_n, settings.eval_seed)
         self.grid_latents = fixed_latents(config.nz, GRID_SIZE, settings.eval_seed)
-        self.best_fid = math.inf
+        self.objective = objective(settings.fid_n)
+        self.best_fid = self.objective.worst
         self.meter = _Meter()
         self.history: list[dict[str, float]] = []  # every evaluation's report, for the detectors
         self.verdict: Verdict | None = None  # set when an evaluation shows the trial has failed
@@ -126,54 +116,51 @@ class TrialRunner:
         self.meter.images += steps * cfg.batch_size * cfg.n_critic
 
     def evaluate(self) -> dict[str, float]:
-        """Score the generator and return the report, resetting the running means."""
+        """Score the generator with every registered metric and return the report, resetting the
+        running means."""
         cfg = self.state.config
         start = time.perf_counter()
-        decoded: list[np.ndarray] = []
+        labels: list[np.ndarray] = []
         # one Inception pass gives FID, IS and the features the diversity metrics need
         fake, features, logits = generated_features(
-            self._latent_sampler(decoded), self.settings.fid_n, self.extractor, batch_size=EVAL_BATCH,
+            self._latent_sampler(labels), self.settings.fid_n, self.extractor, batch_size=EVAL_BATCH,
             max_keep=MAX_KEEP if self.real_ref is not None else 0,
         )
-        value = frechet_from_stats(self.reference, fake)
-        self.best_fid = min(self.best_fid, value) if math.isfinite(value) else self.best_fid
+        scores = evaluate(Evaluation(
+            self.settings.fid_n, self.reference, fake, features, logits, self.real_ref,
+            np.concatenate(labels) if labels else None,
+        ))
+        value = scores[self.objective.key]
+        self.best_fid = value if self.objective.better(value, self.best_fid) else self.best_fid
         report: dict[str, float] = {
-            fid_key(self.settings): value,
-            best_fid_key(self.settings): self.best_fid,
+            **scores,
+            self.objective.best_key: self.best_fid,
             **self.meter.means(),
             "img_per_s": self.meter.images / self.meter.seconds if self.meter.seconds else 0.0,
             "train_seconds": self.meter.seconds,
             "step": float(self.state.step),
             "epoch": self.state.step * cfg.batch_size * cfg.n_critic / len(self.data),
         }
-        if logits is not None:
-            report["inception_score"], report["inception_score_std"] = inception_score(logits)
-        if self.real_ref is not None:
-            report.update(diversity_metrics(self.real_ref, features))
-        if decoded:
-            labels = np.concatenate(decoded)
-            report["mode_coverage"] = mode_coverage(labels)
-            report["mode_entropy"] = mode_entropy(labels)
-            report["decodable"] = float((labels >= 0).mean())
         report["eval_seconds"] = time.perf_counter() - start
         self.meter = _Meter()
         self.history.append(report)
         self.verdict = check(self.history, cfg.loss, self.settings.health)
         return report
 
-    def _latent_sampler(self, decoded: list[np.ndarray]) -> Callable[[int], torch.Tensor]:
+    def _latent_sampler(self, labels: list[np.ndarray]) -> Callable[[int], torch.Tensor]:
         """Images from the fixed evaluation latents, taken in order, whatever the batch sizes asked.
-        On ``shapes`` each batch's drawn classes are decoded into ``decoded`` on the way."""
+        Where the dataset's classes can be read off the pixels, each batch's are read into
+        ``labels`` on the way."""
         offset = 0
-        shapes = self.settings.dataset == "shapes"
+        read_classes = CLASS_READERS.get(self.settings.dataset)
 
         def sample(n: int) -> torch.Tensor:
             nonlocal offset
             z = self.eval_latents[offset : offset + n]
             offset += n
             images = generate(self.state, z)
-            if shapes:
-                decoded.append(decode_shapes(images))
+            if read_classes is not None:
+                labels.append(read_classes(images))
             return images
 
         return sample
@@ -190,7 +177,7 @@ class TrialRunner:
     def restore(self, path: Path) -> None:
         saved = load_checkpoint(path)
         load_state_dict(self.state, saved)
-        self.best_fid = saved.get("best_fid", math.inf)
+        self.best_fid = saved.get("best_fid", self.objective.worst)
         self.history = list(saved.get("history", []))
 
 
@@ -201,12 +188,12 @@ def device_images(data: CachedDataset, placement: Placement) -> DeviceImages:
 
 def format_report(report: dict[str, float], settings: RunSettings) -> str:
     """One line per evaluation for people: losses, D outputs, FID and speed."""
-    key = fid_key(settings)
+    key, best = objective(settings.fid_n).key, objective(settings.fid_n).best_key
     parts = [
         f"step {int(report['step']):>6} epoch {report['epoch']:6.2f}",
         f"d_loss {report.get('d_loss', np.nan):7.4f} g_loss {report.get('g_loss', np.nan):7.4f}",
         f"D(x) {report.get('d_real', np.nan):6.3f} D(G(z)) {report.get('d_fake', np.nan):6.3f}",
-        f"{key} {report[key]:8.3f} (best {report[best_fid_key(settings)]:.3f})",
+        f"{key} {report[key]:8.3f} (best {report[best]:.3f})",
         f"{report['img_per_s']:8.0f} img/s",
     ]
     if "inception_score" in report:

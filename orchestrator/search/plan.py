@@ -159,10 +159,11 @@ def _experiment_name(args: argparse.Namespace, storage: str) -> str:
 
 
 def print_plan(plan: Plan) -> None:
-    from orchestrator.gan.trial import best_fid_key
+    from orchestrator.metrics.registry import objective
 
+    goal = objective(plan.settings.fid_n)
     print(describe(plan.space))
-    print(f"metric: {best_fid_key(plan.settings)} (min), FID on {plan.settings.fid_n} images, eval seed "
+    print(f"metric: {goal.best_key} ({goal.mode}), FID on {plan.settings.fid_n} images, eval seed "
           f"{plan.settings.eval_seed}")
     print(f"scheduler: ASHA time_attr=training_iteration (1 = {plan.settings.eval_every} generator steps) "
           f"max_t={plan.max_evals} grace_period={plan.grace_period} "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from orchestrator.gan.checkpoints import (
     save_generator,
 )
 from orchestrator.gan.placement import place, trial_device
-from orchestrator.gan.trial import TrialRunner, best_fid_key, device_images, fid_key
+from orchestrator.gan.trial import TrialRunner, device_images
 from orchestrator.images import save_png
 from orchestrator.metrics.diversity import RealReference
 from orchestrator.metrics.fid import FeatureStats
@@ -87,10 +86,11 @@ class GanTrainable(tune.Trainable):
         try:
             self.runner.train(self.settings.eval_every)
         except TrainingDiverged as err:
-            # inf, not NaN: ASHA's cutoff ignores NaN and would never stop the trial
+            # the objective's worst, not NaN: ASHA's cutoff ignores NaN and would never stop the trial
             log.warning("trial %s diverged: %s", self.trial_id, err)
+            goal = self.runner.objective
             return self._report(
-                {fid_key(self.settings): math.inf, best_fid_key(self.settings): math.inf},
+                {goal.key: goal.worst, goal.best_key: goal.worst},
                 Verdict(DIVERGED, err.what, {}), reason=str(err),
             )
         metrics = self.runner.evaluate()
@@ -126,7 +126,7 @@ class GanTrainable(tune.Trainable):
         if self.runner.history:
             history = pd.DataFrame(self.runner.history)
             loss_curves(history, folder / CURVE_FILES[0])
-            metric_curves(history, fid_key(self.settings), folder / CURVE_FILES[1])
+            metric_curves(history, self.runner.objective.key, folder / CURVE_FILES[1])
         (folder / REPORT_FILE).write_text(json.dumps(self.last_report, default=float))
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:  # type: ignore[override]
