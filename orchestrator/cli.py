@@ -24,7 +24,9 @@ class UsageParser(argparse.ArgumentParser):
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
-    """The flags both training commands (search, train) take, with one meaning and one default."""
+    """The flags both training commands (search, train) take, with one meaning and one default: where
+    a flag is left out, both take the dataset's search-space file's value, so ``train DATASET`` runs
+    the trial a search of DATASET would."""
     p.add_argument("--data-root", type=Path, help="folder holding the dataset's files")
     p.add_argument("--download", action="store_true", help="let torchvision fetch a missing dataset")
     p.add_argument("--classes", help="comma-separated class subset, e.g. pizza,sushi")
@@ -33,6 +35,10 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    "Optuna sampler too)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="what trials compute in (default "
                    "auto: bf16 on GPUs with native bf16, else fp16 with loss scaling; fp32 on the CPU)")
+    p.add_argument("--space", type=Path, help="search-space YAML whose resolution and budget are the "
+                   "defaults (default search_spaces/DATASET.yaml)")
+    p.add_argument("--eval-every", type=int, help="generator steps between evaluations (space default)")
+    p.add_argument("--fid-n", type=int, help="images per FID (space default)")
     p.add_argument("--fid-weights", type=Path, help="FID Inception weights (default: search)")
     p.add_argument("--cache-dir", type=Path, help="decoded data and FID statistics")
 

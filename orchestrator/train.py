@@ -21,10 +21,11 @@ from orchestrator.data import sources
 from orchestrator.errors import ConfigError, TrainingDiverged
 from orchestrator.gan.checkpoints import TRIAL_FILE
 from orchestrator.gan.placement import place, resolve_device
-from orchestrator.gan.trial import TrialRunner, fid_key, format_report
+from orchestrator.gan.trial import TrialRunner, format_report
 from orchestrator.images import save_png
 from orchestrator.metrics.diversity import real_reference
 from orchestrator.metrics.inception import load_inception
+from orchestrator.search.space import load_space, space_path
 
 log = logging.getLogger("orchestrator.train")
 
@@ -36,9 +37,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=float, help="passes over the training images (default 5)")
     budget.add_argument("--steps", type=int, help="generator steps, instead of --epochs")
-    p.add_argument("--eval-every", type=int, default=None, help="generator steps between evaluations")
-    p.add_argument("--fid-n", type=int, default=2000, help="images per FID (default 2000)")
-    p.add_argument("--resolution", type=int, default=64, help="32 or 64 (default 64)")
+    p.add_argument("--resolution", type=int, help="32 or 64 (default: the search space's)")
     p.add_argument("--out", type=Path, help="output folder (default runs/train-DATASET-TIME)")
     p.add_argument("--eval-seed", type=int, default=12345)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -47,8 +46,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _settings(args: argparse.Namespace) -> RunSettings:
-    return run_settings(args, resolution=args.resolution, eval_every=args.eval_every or 500, fid_n=args.fid_n,
-                        eval_seed=args.eval_seed, device=args.device)
+    """As a search of the dataset would run its trials: resolution, evaluation interval and FID
+    sample count from its search-space file, unless a flag says otherwise. A folder dataset without
+    --space has no file and takes ``RunSettings``' own defaults."""
+    fields = {"resolution": args.resolution, "eval_every": args.eval_every, "fid_n": args.fid_n}
+    if args.space is not None or not args.dataset.startswith(sources.FOLDER_PREFIX):
+        space = load_space(space_path(args.dataset, args.space))
+        budget = {"resolution": space.resolution, "eval_every": space.budget.eval_every,
+                  "fid_n": space.budget.fid_n}
+        fields = {key: value if value is not None else budget[key] for key, value in fields.items()}
+    given = {key: value for key, value in fields.items() if value is not None}
+    return run_settings(args, eval_seed=args.eval_seed, device=args.device, **given)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     steps_per_epoch = max(1, len(data) // (config.batch_size * config.n_critic))
     total = args.steps or math.ceil((args.epochs or 5) * steps_per_epoch)
-    eval_every = min(args.eval_every or steps_per_epoch, total)
+    eval_every = min(settings.eval_every, total)
     stem = settings.dataset.replace(":", "_").replace("/", "_")
     out = args.out or Path("runs") / f"train-{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"diverged: {err}; the last good checkpoint is {out / 'checkpoint.pt'}", flush=True)
         return 1
-    print(f"done: best {fid_key(settings)} {runner.best_fid:.3f}; grids and checkpoint in {out}")
+    print(f"done: best {runner.objective.key} {runner.best_fid:.3f}; grids and checkpoint in {out}")
     return 0
 
 

@@ -53,3 +53,21 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_pat
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+
+
+def test_train_defaults_are_the_searchs(tmp_path: Path) -> None:
+    """One place turns flags into RunSettings: left out, train scores a trial as a search would."""
+    from orchestrator.search.cli import parse_args as search_args
+    from orchestrator.search.plan import make_plan
+    from orchestrator.train import _settings, parse_args
+
+    searched = make_plan(search_args(["shapes", "--gpus-per-trial", "0"])).settings
+    trained = _settings(parse_args(["shapes"]))
+    fields = ("resolution", "eval_every", "fid_n", "eval_seed", "seed", "precision", "cache_dir")
+    assert [getattr(trained, f) for f in fields] == [getattr(searched, f) for f in fields]
+    assert (trained.resolution, trained.eval_every, trained.fid_n) == (32, 200, 2000)  # shapes.yaml
+    flagged = _settings(parse_args(["shapes", "--fid-n", "64", "--resolution", "64"]))
+    assert (flagged.resolution, flagged.fid_n, flagged.eval_every) == (64, 64, 200)
+    (tmp_path / "a").mkdir()
+    folder = _settings(parse_args([f"folder:{tmp_path}"]))  # no space file: RunSettings' own defaults
+    assert (folder.resolution, folder.fid_n) == (32, 5000)

@@ -11,7 +11,6 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from orchestrator.cli import add_run_flags, run_main
 from orchestrator.data import dataset as datasets
@@ -29,11 +28,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m orchestrator.search", description=__doc__.split("\n")[0])
     p.add_argument("dataset", help=f"one of {', '.join(sources.DATASETS)} or folder:PATH")
-    p.add_argument("--space", type=Path, help="search-space YAML (default search_spaces/DATASET.yaml)")
     p.add_argument("--num-samples", type=int, help="trials to sample (default 16)")
     p.add_argument("--max-evals", type=int, help="evaluations per trial at most (ASHA max_t; space default)")
-    p.add_argument("--eval-every", type=int, help="generator steps per evaluation (space default)")
-    p.add_argument("--fid-n", type=int, help="images per FID (space default)")
     p.add_argument("--grace-period", type=int, help="evaluations before ASHA may stop a trial (space "
                    "default; equal to --max-evals: no early stopping)")
     p.add_argument("--reduction-factor", type=float, help="ASHA keeps 1 in this many at each rung (space "
