@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,8 +11,6 @@ from typing import Any
 
 from orchestrator.config import PRECISIONS, RunSettings, default_cache_dir
 from orchestrator.errors import ConfigError, OrchestratorError
-
-TRACKING_ENV = "MLFLOW_TRACKING_URI"
 
 
 class UsageParser(argparse.ArgumentParser):
@@ -59,18 +56,6 @@ def run_settings(args: argparse.Namespace, **fields: Any) -> RunSettings:
         "precision": args.precision,
     }
     return RunSettings(**(flags | fields))
-
-
-def tracking_uri(flag: str | None, needer: str) -> str:
-    """``--mlflow-uri``, else ``$MLFLOW_TRACKING_URI``; ``needer`` says what needs it. A sqlite store
-    must already exist: MLflow would quietly create an empty one for a mistyped path."""
-    uri = flag or os.environ.get(TRACKING_ENV)
-    if not uri:
-        raise ConfigError(f"{needer} needs --mlflow-uri or ${TRACKING_ENV} (a search's own store is "
-                          "sqlite:///STORAGE/NAME/mlflow.db)")
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise ConfigError(f"--mlflow-uri {uri}: no such database file")
-    return uri
 
 
 def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:

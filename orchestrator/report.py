@@ -9,8 +9,6 @@ search still running or interrupted reports too) or an MLflow experiment name or
 
 from __future__ import annotations
 
-import math
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,11 +17,12 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator.cli import UsageParser, run_main, tracking_uri
+from orchestrator.cli import UsageParser, run_main
 from orchestrator.errors import ConfigError
 from orchestrator.metrics.health import FAILED
+from orchestrator.metrics.registry import Objective, objective_named
+from orchestrator.search.tracking.store import read_search, tracking_uri
 
-_FID = re.compile(r"fid\d+k?")
 _NUMBER = "{:.4g}".format
 
 
@@ -33,7 +32,7 @@ class Trials:
     ``best_<key>``, ``evals``, ``seconds``, ``config/<name>``...) and how to read it."""
 
     table: pd.DataFrame
-    key: str  # the FID's name, e.g. fid2k
+    goal: Objective  # what the search ranked on: FID at its N
     unit: str  # "GPU" or "CPU": what a trial's seconds were spent on
     share: float  # of a GPU (or CPUs) per trial, to turn wall seconds into device seconds
     name: str
@@ -74,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def present(trials: Trials) -> pd.DataFrame:
     """The table people read: trial, outcome, FID, the hyperparameters that differ between trials,
     device seconds; sorted by FID, failed trials last."""
-    table, fid = trials.table, f"best_{trials.key}"
+    table, fid = trials.table, f"best_{trials.goal.key}"
     config = [c for c in table.columns if c.startswith("config/")]
     varying = [c for c in config if table[c].astype(str).nunique() > 1] or config
     outcome = table["outcome"].where(table["failure_mode"].fillna("") == "",
@@ -89,7 +88,8 @@ def present(trials: Trials) -> pd.DataFrame:
         **({"run_id": table["run_id"]} if "run_id" in table else {}),
     })
     failed = table["outcome"] == FAILED
-    order = pd.DataFrame({"failed": failed, "fid": report[fid]}).sort_values(["failed", "fid"], kind="stable")
+    order = pd.DataFrame({"failed": failed, "fid": report[fid]}).sort_values(
+        ["failed", "fid"], ascending=[True, trials.goal.mode == "min"], kind="stable")
     return report.loc[order.index].reset_index(drop=True)
 
 
@@ -102,9 +102,9 @@ def from_tune(folder: Path) -> Trials:
     from orchestrator.search.runner import results_table
 
     analysis = ExperimentAnalysis(str(folder.resolve()))  # pyarrow reads a relative path as a URI
-    key = _fid_metric([t.last_result or {} for t in analysis.trials], folder)
+    goal = _objective([t.last_result or {} for t in analysis.trials], folder)
     max_evals = max(int(t.stopping_criterion.get("training_iteration", 0)) for t in analysis.trials)
-    table = results_table(ResultGrid(analysis), key, max_evals)
+    table = results_table(ResultGrid(analysis), goal, max_evals)
     # a search still running: its live trials are not "stopped early"
     status = {str(t.path): t.status.lower() for t in analysis.trials}
     live = table["path"].map(status).isin(["pending", "running", "paused"])
@@ -112,68 +112,31 @@ def from_tune(folder: Path) -> Trials:
     factory = analysis.trials[0].placement_group_factory
     resources: dict[str, float] = factory.required_resources if factory is not None else {}
     gpu = float(resources.get("GPU", 0.0))
-    return Trials(table, key, "GPU" if gpu else "CPU", gpu or float(resources.get("CPU", 1.0)), folder.name)
+    return Trials(table, goal, "GPU" if gpu else "CPU", gpu or float(resources.get("CPU", 1.0)), folder.name)
 
 
 def from_mlflow(experiment: str, uri: str) -> Trials:
-    """From the child runs of the experiment's latest search run: the tracking callback's outcome
-    tags and metrics, the parent's settings."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient(uri)
-    try:
-        found = client.get_experiment_by_name(experiment)
-        if found is None and experiment.isdigit():
-            found = client.get_experiment(experiment)
-    except MlflowException:
-        found = None
-    if found is None:
-        raise ConfigError(f"no MLflow experiment named {experiment!r} in {uri}")
-    parents = client.search_runs([found.experiment_id], filter_string="tags.role = 'search'",
-                                 order_by=["attributes.start_time DESC"], max_results=1)
-    if not parents:
-        raise ConfigError(f"MLflow experiment {found.name!r} holds no search run")
-    parent = parents[0]
-    key = parent.data.tags["metric"].removesuffix("_best")
-    children = client.search_runs([found.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    if not children:
-        raise ConfigError(f"the search run {parent.info.run_id} of {found.name!r} has no trial runs yet")
-    table = pd.DataFrame([_row(client, run, key) for run in children])
+    """From the trial runs of the experiment's latest search run (``tracking.store.read_search``):
+    the trial logger's outcome tags and metrics, the parent's settings."""
+    search = read_search(experiment, uri)
+    table = pd.DataFrame(search.rows)
     for column in [c for c in table.columns if c.startswith("config/")]:
         numbers = pd.to_numeric(table[column], errors="coerce")  # params come back as strings
         table[column] = numbers if numbers.notna().all() else table[column]
-    params = parent.data.params
-    gpu = float(params.get("gpus_per_trial", 0.0))
-    share = gpu or float(params.get("cpus_per_trial", 1.0))
-    return Trials(table, key, "GPU" if gpu else "CPU", share, found.name)
+    gpu = float(search.params.get("gpus_per_trial", 0.0))
+    share = gpu or float(search.params.get("cpus_per_trial", 1.0))
+    goal = objective_named(search.key)
+    if goal is None:
+        raise ConfigError(f"{experiment}: the search ranked on {search.key!r}, no FID this version reports")
+    return Trials(table, goal, "GPU" if gpu else "CPU", share, search.name)
 
 
-def _row(client: Any, run: Any, key: str) -> dict[str, Any]:
-    tags, metrics = run.data.tags, run.data.metrics
-    best = metrics.get(f"{key}_best", math.inf)
-    return {
-        "trial_id": tags.get("trial_id", ""),
-        "outcome": tags.get("outcome", "running"),
-        "failure_mode": tags.get("failure_mode", "") if tags.get("outcome") == FAILED else "",
-        f"best_{key}": best if best < 1e300 else math.inf,  # stores keep inf as the largest double
-        "evals": len(client.get_metric_history(run.info.run_id, key)),
-        "seconds": metrics.get("time_total_s", 0.0),
-        "run_id": run.info.run_id,
-        **{f"config/{k}": v for k, v in sorted(run.data.params.items())},
-    }
-
-
-def _fid_metric(metrics: list[dict[str, Any]], folder: Path) -> str:
-    """The FID's name (``fid2k``: the key reported beside its ``_best`` twin, as
-    ``metrics.fid.metric_name`` writes it)."""
-    names = {k.removesuffix("_best") for m in metrics for k in m
-             if k.endswith("_best") and k.removesuffix("_best") in m}
-    found = [match for name in names if (match := _FID.fullmatch(name))]
+def _objective(metrics: list[dict[str, Any]], folder: Path) -> Objective:
+    """What the search ranked on: the objective whose key was reported beside its ``_best`` twin."""
+    found = {goal for m in metrics for k in m if (goal := objective_named(k)) and goal.best_key in m}
     if len(found) != 1:
         raise ConfigError(f"{folder}: no trial has reported a FID yet")
-    return found[0][0]
+    return found.pop()
 
 
 def cli_main(argv: Sequence[str] | None = None) -> int:

@@ -13,22 +13,18 @@ from __future__ import annotations
 import logging
 import re
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from orchestrator.cli import UsageParser, run_main, tracking_uri
-from orchestrator.errors import ConfigError, first_line
+from orchestrator.cli import UsageParser, run_main
+from orchestrator.errors import ConfigError
 from orchestrator.gan.checkpoints import load_generator
 from orchestrator.images import grid_image, save_png, to_image
-from orchestrator.search.export import (
-    CHECKPOINT_ARTIFACT,
-    RUN_MODEL_TAG,
-    tracking_uri_set,
-)
+from orchestrator.search.tracking.models import load_logged_generator
+from orchestrator.search.tracking.store import tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -87,30 +83,8 @@ def load_sampler(source: str, mlflow_uri: str | None) -> Sampler:
 def load_run(run_id: str, uri: str) -> Sampler:
     """The run's logged model when it has one (the best trial's best checkpoint), else the last
     generator its trial saved."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient(uri)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise ConfigError(f"run {run_id} not found in {uri}") from None
-        raise ConfigError(f"cannot read run {run_id} from {uri}: {first_line(err)}") from None
-    model_uri = run.data.tags.get(RUN_MODEL_TAG)
-    if model_uri:
-        with tracking_uri_set(uri):
-            info = mlflow.models.get_model_info(model_uri)
-            model = mlflow.pytorch.load_model(model_uri)
-        nz = int(info.signature.inputs.inputs[0].shape[-1])
-        return Sampler(model, nz, f"run {run_id} ({model_uri})")
-    with tempfile.TemporaryDirectory() as folder:
-        try:
-            local = client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, folder)
-        except (MlflowException, OSError):
-            raise ConfigError(f"run {run_id} has no logged model and no {CHECKPOINT_ARTIFACT}") from None
-        loaded = load_generator(Path(local))
-    return Sampler(loaded, loaded.generator.nz, f"run {run_id} ({CHECKPOINT_ARTIFACT})")
+    model, nz, what = load_logged_generator(run_id, uri)
+    return Sampler(model, nz, f"run {run_id} ({what})")
 
 
 def sample(sampler: Sampler, n: int, seed: int) -> Iterator[torch.Tensor]:

@@ -1,19 +1,20 @@
-"""The trial logger on its own, against a real sqlite MLflow store: what one result writes."""
+"""``orchestrator.search.tracking`` on its own: what one result makes the trial logger write to a real sqlite
+MLflow store, and that importing the store loads neither Ray nor MLflow."""
 
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from mlflow import MlflowClient
 
-from orchestrator.search.tracking import (
-    MlflowTrialLogger,
-    default_tracking_uri,
-    ensure_experiment,
-    start_parent_run,
-)
+from orchestrator.search.tracking.store import default_tracking_uri, ensure_experiment, start_parent_run
+from orchestrator.search.tracking.trial_logger import MlflowTrialLogger
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class FakeTrial:
@@ -41,3 +42,13 @@ def test_first_result_creates_the_run_dated_from_the_trial_start(tmp_path: Path)
     assert run.data.tags["node_ip"] == "10.0.0.7" and run.data.tags["mlflow.parentRunId"] == parent
     assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "fid32")] == [(40, 12.5)]
     assert "started_at" not in run.data.metrics and float(run.data.params["lr_g"]) == 1e-4
+
+
+def test_store_and_the_commands_that_read_it_load_neither_ray_nor_mlflow() -> None:
+    """``report`` and ``sample`` answer ``--help`` and bad input without loading MLflow: the store
+    imports it where it is used, and Ray never."""
+    probe = ("import sys, orchestrator.search.tracking.store, orchestrator.search.tracking.models, "
+             "orchestrator.report, orchestrator.sample; print(sorted({'ray', 'mlflow'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

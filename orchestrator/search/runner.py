@@ -1,5 +1,6 @@
 """Builds and runs the Tuner for a validated ``Plan``, then summarises: the half of the search that
-imports Ray and MLflow, kept apart so ``--dry-run`` and bad input answer at once."""
+imports Ray and (through ``orchestrator.search.tracking``) MLflow, kept apart so ``--dry-run`` and bad input
+answer at once."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ import pandas as pd
 
 from orchestrator.data import dataset as datasets
 from orchestrator.gan.placement import resolve_device
-from orchestrator.gan.trial import best_fid_key, fid_key
 from orchestrator.metrics.diversity import real_reference
 from orchestrator.metrics.health import FAILED, outcome
 from orchestrator.metrics.inception import load_inception
+from orchestrator.metrics.registry import Objective, objective
 from orchestrator.search.plan import Plan, git_commit, print_plan, read_state, write_state
 from orchestrator.search.schema import walk_params
+from orchestrator.search.tracking import store
 
 log = logging.getLogger("orchestrator.search")
 
@@ -41,11 +43,10 @@ def run_search(plan: Plan) -> int:
     up. Every check a user can fail was made while ``plan`` was built."""
     for key, value in DRIVER_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
-    import mlflow
     import ray
     from ray import tune
 
-    from orchestrator.search.tracking import MlflowTrialLogger
+    from orchestrator.search.tracking.trial_logger import MlflowTrialLogger
 
     weights, spec = plan.fid_weights, datasets.spec_for(plan.settings)
     # the driver's GPU, when it has one, computes the reference statistics
@@ -60,7 +61,7 @@ def run_search(plan: Plan) -> int:
 
     ray.init(address=plan.address, include_dashboard=False, num_cpus=None if plan.address else os.cpu_count())
     tracking_uri = plan.tracking_uri or _local_tracking_uri(plan)
-    client = mlflow.MlflowClient(tracking_uri)
+    client = store.connect(tracking_uri)
     identity = {"data_key": data.key, "fid_network": extractor.name, "fid_reference_n": str(reference.n)}
     state = _parent_run(plan, client, tracking_uri, identity)
     logger = MlflowTrialLogger(tracking_uri, state["experiment_id"], state["parent_run_id"], plan.max_evals)
@@ -88,19 +89,15 @@ def run_search(plan: Plan) -> int:
 
 
 def _local_tracking_uri(plan: Plan) -> str:
-    from orchestrator.search.tracking import default_tracking_uri
-
     Path(plan.experiment_dir).mkdir(parents=True, exist_ok=True)  # local: the plan refused remote storage
-    return default_tracking_uri(Path(plan.experiment_dir))
+    return store.default_tracking_uri(Path(plan.experiment_dir))
 
 
 def _parent_run(plan: Plan, client: Any, uri: str, identity: dict[str, str]) -> dict[str, Any]:
-    from orchestrator.search.tracking import ensure_experiment, start_parent_run
-
     if plan.resume:
         return read_state(plan)
     artifact_dir = None if plan.tracking_uri else Path(plan.experiment_dir) / "mlartifacts"
-    experiment_id = ensure_experiment(client, plan.name, artifact_dir)
+    experiment_id = store.ensure_experiment(client, plan.name, artifact_dir)
     params = {
         "dataset": plan.settings.dataset, "resolution": plan.settings.resolution,
         "num_samples": plan.num_samples, "max_evals": plan.max_evals, "eval_every": plan.settings.eval_every,
@@ -112,9 +109,9 @@ def _parent_run(plan: Plan, client: Any, uri: str, identity: dict[str, str]) -> 
         **identity,
     }
     tags = {"git_commit": git_commit(), "space_file": str(plan.space.path),
-            "metric": best_fid_key(plan.settings), **identity}
-    run_id = start_parent_run(client, experiment_id, plan.name, params, tags)
-    client.log_artifact(run_id, str(plan.space.path), artifact_path="search")
+            store.METRIC_TAG: objective(plan.settings.fid_n).best_key, **identity}
+    run_id = store.start_parent_run(client, experiment_id, plan.name, params, tags)
+    store.log_file(client, run_id, plan.space.path, "search")
     state = {"experiment_id": experiment_id, "parent_run_id": run_id, "tracking_uri": uri}
     write_state(plan, state)
     return state
@@ -129,11 +126,12 @@ def _tune_config(plan: Plan) -> Any:
 
     # ASHA ranks a trial on its best FID so far: GAN FID is not monotone, and the checkpoint kept for
     # a trial is its best, so that is the generator the trial would hand over if stopped now
-    metric = best_fid_key(plan.settings)
-    searcher = make_searcher(plan.space, metric=metric, mode="min", seed=plan.settings.seed)
+    goal = objective(plan.settings.fid_n)
+    metric, mode = goal.best_key, goal.mode
+    searcher = make_searcher(plan.space, metric=metric, mode=mode, seed=plan.settings.seed)
     return tune.TuneConfig(
         search_alg=ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent),
-        scheduler=ASHAScheduler(time_attr="training_iteration", metric=metric, mode="min",
+        scheduler=ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode,
                                 max_t=plan.max_evals, grace_period=plan.grace_period,
                                 reduction_factor=plan.reduction_factor),
         num_samples=plan.num_samples,
@@ -147,19 +145,19 @@ def _run_config(plan: Plan, logger: Any) -> Any:
 
     from orchestrator.search.history import KeepTrialHistory
 
-    key = fid_key(plan.settings)
+    goal = objective(plan.settings.fid_n)
     return tune.RunConfig(
         name=plan.name,
         storage_path=plan.storage,
         stop={"training_iteration": plan.max_evals},
         checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=2, checkpoint_score_attribute=key, checkpoint_score_order="min",
+            num_to_keep=2, checkpoint_score_attribute=goal.key, checkpoint_score_order=goal.mode,
             checkpoint_frequency=1,
         ),
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
         callbacks=[logger, KeepTrialHistory()],
         progress_reporter=tune.CLIReporter(
-            metric_columns=[key, best_fid_key(plan.settings), "d_loss", "g_loss", "img_per_s",
+            metric_columns=[goal.key, goal.best_key, "d_loss", "g_loss", "img_per_s",
                             "training_iteration"],
             parameter_columns=_leading_params(plan),
             max_report_frequency=30,
@@ -179,9 +177,11 @@ def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"  # short: Tune's default spells out every hyperparameter
 
 
-def results_table(results: Any, key: str, max_evals: int) -> pd.DataFrame:
-    """One row per trial: outcome, best ``key`` (the FID's name), evaluations, compute,
-    hyperparameters; sorted by FID. ``max_evals`` tells a completed trial from one stopped early."""
+def results_table(results: Any, goal: Objective, max_evals: int) -> pd.DataFrame:
+    """One row per trial: outcome, the best and last value of ``goal`` (FID at its N), evaluations,
+    compute, hyperparameters; best first. ``max_evals`` tells a completed trial from one stopped
+    early."""
+    key = goal.key
     rows = []
     for result in results:
         history = result.metrics_dataframe
@@ -192,8 +192,8 @@ def results_table(results: Any, key: str, max_evals: int) -> pd.DataFrame:
         rows.append({
             "trial_id": last.get("trial_id", ""), "outcome": outcome(bool(mode), evals, max_evals),
             "failure_mode": mode,
-            f"best_{key}": float(fids.min()) if len(fids) else math.inf,
-            f"last_{key}": float(fids.iloc[-1]) if len(fids) else math.inf,
+            f"best_{key}": goal.best(fids),
+            f"last_{key}": float(fids.iloc[-1]) if len(fids) else goal.worst,
             "evals": evals, "steps": int(last.get("step", 0)),
             "seconds": float(last.get("time_total_s", 0.0)),
             "started": float(last.get("started_at", math.nan)),
@@ -202,21 +202,20 @@ def results_table(results: Any, key: str, max_evals: int) -> pd.DataFrame:
             **{f"config/{k}": v for k, v in (result.config or {}).items()},
             "path": result.path,
         })
-    return pd.DataFrame(rows).sort_values(f"best_{key}", kind="stable").reset_index(drop=True)
+    table = pd.DataFrame(rows).sort_values(f"best_{key}", ascending=goal.mode == "min", kind="stable")
+    return table.reset_index(drop=True)
 
 
 def _summarise(plan: Plan, results: Any, client: Any, state: dict[str, Any], wall: float) -> int:
-    from mlflow.entities import RunTag
-
-    key = fid_key(plan.settings)
-    table = results_table(results, key, plan.max_evals)
-    from orchestrator.search.tracking import mark_lost_runs
-
-    mark_lost_runs(client, state["experiment_id"], state["parent_run_id"], set(table["trial_id"].astype(str)))
+    goal = objective(plan.settings.fid_n)
+    key = goal.key
+    table = results_table(results, goal, plan.max_evals)
+    trial_ids = set(table["trial_id"].astype(str))
+    store.mark_lost_runs(client, state["experiment_id"], state["parent_run_id"], trial_ids)
     csv = Path(plan.experiment_dir) / "results.csv" if "://" not in plan.storage else Path("results.csv")
     table.to_csv(csv, index=False)
     parent = state["parent_run_id"]
-    client.log_artifact(parent, str(csv))
+    store.log_file(client, parent, csv)
     counts = table["outcome"].value_counts().to_dict()
     device_hours = table["seconds"].sum() / 3600 * (plan.resources["gpu"] or plan.resources["cpu"])
     unit = "GPU" if plan.resources["gpu"] else "CPU"
@@ -230,17 +229,16 @@ def _summarise(plan: Plan, results: Any, client: Any, state: dict[str, Any], wal
     finite = table[table[f"best_{key}"].apply(math.isfinite) & (table["outcome"] != FAILED)]
     if finite.empty:
         print("no trial produced a finite FID")
-        client.set_terminated(parent, "FINISHED")
+        store.end_run(client, parent)
         return 1
     _log_search_plots(plan, results, table, client, parent)
     best = finite.iloc[0]
-    best_run = _child_run(client, state, best["trial_id"])
-    client.log_batch(parent, tags=[RunTag("best_trial", str(best["trial_id"])),
-                                   RunTag("best_run_id", best_run or ""),
-                                   RunTag(f"best_{key}", f"{best[f'best_{key}']:.4f}")])
+    best_run = store.trial_run_id(client, state["experiment_id"], str(best["trial_id"]))
+    store.set_tags(client, parent, {"best_trial": str(best["trial_id"]), "best_run_id": best_run or "",
+                                    f"best_{key}": f"{best[f'best_{key}']:.4f}"})
     from orchestrator.search.export import log_best_model
 
-    log_best_model(results, str(best["trial_id"]), best_run, state, key)
+    log_best_model(results, str(best["trial_id"]), best_run, state, goal)
     config: dict[str, Any] = next(
         (r.config for r in results if (r.metrics or {}).get("trial_id") == best["trial_id"]), {}
     )
@@ -250,7 +248,7 @@ def _summarise(plan: Plan, results: Any, client: Any, state: dict[str, Any], wal
     print(f"  MLflow: parent run {parent}, trial run {best_run}")
     print(f"  results table: {csv}")
     print(f"  view: mlflow ui --backend-store-uri {state['tracking_uri']}")
-    client.set_terminated(parent, "FINISHED")
+    store.end_run(client, parent)
     return 0
 
 
@@ -261,7 +259,7 @@ def _log_search_plots(plan: Plan, results: Any, table: pd.DataFrame, client: Any
 
     from orchestrator.search import plots
 
-    key = fid_key(plan.settings)
+    key = objective(plan.settings.fid_n).key
     histories = {
         str((r.metrics or {}).get("trial_id", i)): r.metrics_dataframe
         for i, r in enumerate(results) if r.metrics_dataframe is not None
@@ -274,12 +272,7 @@ def _log_search_plots(plan: Plan, results: Any, table: pd.DataFrame, client: Any
         plots.fid_over_time(histories, key, outcomes, out / "fid_over_time.png")
         importance = plots.param_importance(study, out / "param_importance.png")
         plots.parallel_coordinates(study, out / "parallel_coordinates.png")
-        client.log_artifacts(parent, folder, artifact_path="plots")
+        store.log_folder(client, parent, out, "plots")
     if importance:
         ranked = sorted(importance.items(), key=lambda kv: -kv[1])[:5]
         print("  hyperparameter importance: " + ", ".join(f"{k} {v:.2f}" for k, v in ranked))
-
-
-def _child_run(client: Any, state: dict[str, Any], trial_id: str) -> str | None:
-    runs = client.search_runs([state["experiment_id"]], filter_string=f"tags.trial_id = '{trial_id}'")
-    return runs[0].info.run_id if runs else None

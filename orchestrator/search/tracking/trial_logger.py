@@ -1,9 +1,11 @@
-"""Everything MLflow: a parent run per search, a nested child run per trial, metrics with steps,
-sample grids at every evaluation, the final generator, outcome tags.
+"""The Tune callback that logs every trial into MLflow: a nested child run per trial under the
+search's parent run, metrics with steps, a sample grid at every evaluation, the curves, the final
+generator, outcome tags.
 
-All logging happens on the driver, in a Tune callback: one writer for the (default sqlite) store,
+All logging happens on the driver, in this callback: one writer for the (default sqlite) store,
 trials never need to reach the tracking server, and a trial that Tune restarts from a checkpoint
-keeps its one MLflow run (found again by its trial id) without logging any step twice.
+keeps its one MLflow run (found again by its trial id) without logging any step twice. Where the
+store is and what the tags mean is ``store.py``'s.
 """
 
 from __future__ import annotations
@@ -17,44 +19,25 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
 from PIL import Image
 from ray import tune
 
 from orchestrator.config import TrialConfig
-from orchestrator.metrics.health import FAILED, LOST, outcome
+from orchestrator.metrics.health import FAILED, outcome
+from orchestrator.search.tracking.store import (
+    CHECKPOINT_FOLDER,
+    IMAGE_KEY,
+    PARENT_TAG,
+    ROLE_TAG,
+    TRIAL_TAG,
+    unreachable_errors,
+)
 
 log = logging.getLogger(__name__)
 
-PARENT_TAG = "mlflow.parentRunId"
-TRIAL_TAG = "trial_id"
-IMAGE_KEY = "samples"  # flat: keys with "/" have produced unreadable image artifacts in MLflow
 FINAL_RETRIES, RETRY_SECONDS = 12, 5.0  # at the end, wait up to a minute for MLflow to come back
-_UNREACHABLE = (MlflowException, OSError, requests.exceptions.RequestException)
-
-
-def default_tracking_uri(experiment_dir: Path) -> str:
-    """The embedded store: a sqlite file beside the Tune results."""
-    return f"sqlite:///{(experiment_dir / 'mlflow.db').resolve()}"
-
-
-def ensure_experiment(client: MlflowClient, name: str, artifact_dir: Path | None) -> str:
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    location = artifact_dir.resolve().as_uri() if artifact_dir is not None else None
-    return client.create_experiment(name, artifact_location=location)
-
-
-def start_parent_run(
-    client: MlflowClient, experiment_id: str, name: str, params: Mapping[str, Any], tags: Mapping[str, str]
-) -> str:
-    run = client.create_run(experiment_id, run_name=name, tags={"role": "search", **tags})
-    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
-    return run.info.run_id
 
 
 class MlflowTrialLogger(tune.Callback):
@@ -105,7 +88,7 @@ class MlflowTrialLogger(tune.Callback):
         return run_id
 
     def _create_run(self, trial: Any) -> str:
-        tags = {PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, "role": "trial"}
+        tags = {PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, ROLE_TAG: "trial"}
         # created at the first result, but dated from the trial's start: the UI's duration is honest
         started = self._started.get(trial.trial_id)
         run = self.client.create_run(self.experiment_id, run_name=str(trial), tags=tags,
@@ -168,7 +151,7 @@ class MlflowTrialLogger(tune.Callback):
         while self._pending:
             try:
                 self._pending[0]()
-            except _UNREACHABLE as err:
+            except unreachable_errors() as err:  # called only on an error
                 if not self._warned:
                     log.warning("MLflow unreachable (%s); buffering, will retry", str(err).splitlines()[0])
                     self._warned = True
@@ -216,20 +199,7 @@ class MlflowTrialLogger(tune.Callback):
         with checkpoint.as_directory() as folder:
             path = Path(folder) / GENERATOR_FILE
             if path.exists():
-                self.client.log_artifact(self.run_id(trial), str(path), artifact_path="checkpoint")
-
-
-def mark_lost_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_ids: set[str]) -> int:
-    """Tag child runs of trials that Tune no longer knows (a driver killed before it saved them;
-    resumed searches sample afresh) as lost, so no run is left without an outcome. Never deletes."""
-    query = f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
-    lost = [r for r in client.search_runs([experiment_id], filter_string=query)
-            if r.data.tags.get(TRIAL_TAG) not in trial_ids and "outcome" not in r.data.tags]
-    for run in lost:
-        client.set_tag(run.info.run_id, "outcome", LOST)
-        client.set_tag(run.info.run_id, "failure_reason", "the driver stopped before Tune saved this trial")
-        client.set_terminated(run.info.run_id, "KILLED")
-    return len(lost)
+                self.client.log_artifact(self.run_id(trial), str(path), artifact_path=CHECKPOINT_FOLDER)
 
 
 # where the trial last ran, and in which number format (the trainable reports them)

@@ -1,0 +1,169 @@
+"""The MLflow store, Ray-free: where it is, the search's experiment and parent run, the tags that tie
+each trial's run to it, and a search read back from it for the report.
+
+MLflow is imported inside the functions that use it: the commands that import this module answer
+``--help`` and bad input without loading it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.errors import ConfigError
+from orchestrator.metrics.health import FAILED, LOST
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "trial_id"
+ROLE_TAG = "role"  # "search" on a parent run, "trial" on a trial's
+METRIC_TAG = "metric"  # on the parent run: the key the search optimised, e.g. fid2k_best
+IMAGE_KEY = "samples"  # flat: keys with "/" have produced unreadable image artifacts in MLflow
+CHECKPOINT_FOLDER = "checkpoint"  # on a trial's run: the last generator its trial saved
+
+
+def tracking_uri(flag: str | None, needer: str) -> str:
+    """``--mlflow-uri``, else ``$MLFLOW_TRACKING_URI``; ``needer`` says what needs it. A sqlite store
+    must already exist: MLflow would quietly create an empty one for a mistyped path."""
+    uri = flag or os.environ.get(TRACKING_ENV)
+    if not uri:
+        raise ConfigError(f"{needer} needs --mlflow-uri or ${TRACKING_ENV} (a search's own store is "
+                          "sqlite:///STORAGE/NAME/mlflow.db)")
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(f"--mlflow-uri {uri}: no such database file")
+    return uri
+
+
+def default_tracking_uri(experiment_dir: Path) -> str:
+    """The embedded store: a sqlite file beside the Tune results."""
+    return f"sqlite:///{(experiment_dir / 'mlflow.db').resolve()}"
+
+
+def unreachable_errors() -> tuple[type[Exception], ...]:
+    """What a store that cannot be reached raises: MLflow's own errors and the network's."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException, OSError, requests.exceptions.RequestException)
+
+
+def connect(uri: str) -> MlflowClient:
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_dir: Path | None) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = artifact_dir.resolve().as_uri() if artifact_dir is not None else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def start_parent_run(
+    client: MlflowClient, experiment_id: str, name: str, params: Mapping[str, Any], tags: Mapping[str, str]
+) -> str:
+    from mlflow.entities import Param
+
+    run = client.create_run(experiment_id, run_name=name, tags={ROLE_TAG: "search", **tags})
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    return run.info.run_id
+
+
+def log_file(client: MlflowClient, run_id: str, path: Path, folder: str | None = None) -> None:
+    client.log_artifact(run_id, str(path), artifact_path=folder)
+
+
+def log_folder(client: MlflowClient, run_id: str, path: Path, folder: str) -> None:
+    client.log_artifacts(run_id, str(path), artifact_path=folder)
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def end_run(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:
+    client.set_terminated(run_id, status)
+
+
+def trial_run_id(client: MlflowClient, experiment_id: str, trial_id: str) -> str | None:
+    """The run the trial logger made for trial ``trial_id``, if any."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.{TRIAL_TAG} = '{trial_id}'")
+    return runs[0].info.run_id if runs else None
+
+
+def mark_lost_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_ids: set[str]) -> int:
+    """Tag child runs of trials that Tune no longer knows (a driver killed before it saved them;
+    resumed searches sample afresh) as lost, so no run is left without an outcome. Never deletes."""
+    query = f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
+    lost = [r for r in client.search_runs([experiment_id], filter_string=query)
+            if r.data.tags.get(TRIAL_TAG) not in trial_ids and "outcome" not in r.data.tags]
+    for run in lost:
+        client.set_tag(run.info.run_id, "outcome", LOST)
+        client.set_tag(run.info.run_id, "failure_reason", "the driver stopped before Tune saved this trial")
+        client.set_terminated(run.info.run_id, "KILLED")
+    return len(lost)
+
+
+@dataclass(frozen=True)
+class LoggedSearch:
+    """A search as its store holds it: the experiment's name, the FID's name (``fid2k``), the parent
+    run's params and one row per trial run (``trial_id``, ``outcome``, ``failure_mode``,
+    ``best_<key>``, ``evals``, ``seconds``, ``run_id``, ``config/<name>`` as strings)."""
+
+    name: str
+    key: str
+    params: Mapping[str, str]
+    rows: list[dict[str, Any]]
+
+
+def read_search(experiment: str, uri: str) -> LoggedSearch:
+    """The latest search run of ``experiment`` (a name or an id) and its trial runs: the trial
+    logger's outcome tags and metrics, the parent's settings."""
+    from mlflow.exceptions import MlflowException
+
+    client = connect(uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+        if found is None and experiment.isdigit():
+            found = client.get_experiment(experiment)
+    except MlflowException:
+        found = None
+    if found is None:
+        raise ConfigError(f"no MLflow experiment named {experiment!r} in {uri}")
+    parents = client.search_runs([found.experiment_id], filter_string=f"tags.{ROLE_TAG} = 'search'",
+                                 order_by=["attributes.start_time DESC"], max_results=1)
+    if not parents:
+        raise ConfigError(f"MLflow experiment {found.name!r} holds no search run")
+    parent = parents[0]
+    key = parent.data.tags[METRIC_TAG].removesuffix("_best")
+    children = client.search_runs([found.experiment_id],
+                                  filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+    if not children:
+        raise ConfigError(f"the search run {parent.info.run_id} of {found.name!r} has no trial runs yet")
+    return LoggedSearch(found.name, key, parent.data.params, [_row(client, run, key) for run in children])
+
+
+def _row(client: MlflowClient, run: Any, key: str) -> dict[str, Any]:
+    tags, metrics = run.data.tags, run.data.metrics
+    best = metrics.get(f"{key}_best", math.inf)
+    return {
+        "trial_id": tags.get(TRIAL_TAG, ""),
+        "outcome": tags.get("outcome", "running"),
+        "failure_mode": tags.get("failure_mode", "") if tags.get("outcome") == FAILED else "",
+        f"best_{key}": best if best < 1e300 else math.inf,  # stores keep inf as the largest double
+        "evals": len(client.get_metric_history(run.info.run_id, key)),
+        "seconds": metrics.get("time_total_s", 0.0),
+        "run_id": run.info.run_id,
+        **{f"config/{k}": v for k, v in sorted(run.data.params.items())},
+    }
