@@ -13,12 +13,18 @@ import torch.nn.functional as F
 
 from orchestrator.data import shapes_decoder as coverage
 from orchestrator.data.shapes import COLOURS, SHAPE_CLASSES, SHAPES, SIZES, draw_shapes
-from orchestrator.data.shapes_decoder import coverage_report, decode_shapes, mode_coverage, mode_entropy
+from orchestrator.data.shapes_decoder import decode_shapes
+from orchestrator.metrics.modes import mode_coverage, mode_entropy, mode_metrics
 
 COUNTS = {"train": 2048, "test": 1024}  # whole blocks of 1024: every class present 32 times a block
 DRAWN = [(split, resolution) for split in COUNTS for resolution in (32, 64)]
 # drawn images are shared read-only, as a memory-mapped cache would be: torch must not warn about it
 pytestmark = pytest.mark.filterwarnings("error::UserWarning")
+
+
+def coverage_report(images: np.ndarray) -> dict[str, float]:
+    """What an evaluation on shapes reports: the decoder's labels, through the mode metrics."""
+    return mode_metrics(decode_shapes(images), len(SHAPE_CLASSES))
 
 
 @functools.cache
@@ -61,7 +67,7 @@ def test_reads_drawn_classes_back(split: str, resolution: int) -> None:
     assert (decoded == labels).mean() >= 0.99
     assert ((decoded >= 0) & (decoded != labels)).sum() == 0  # refusing is fine, misreading is not
     assert (decoded >= 0).mean() >= 0.99
-    assert mode_coverage(decoded) == 1.0 and mode_entropy(decoded) > 0.999
+    assert mode_coverage(decoded, 32) == 1.0 and mode_entropy(decoded, 32) > 0.999
 
 
 @pytest.mark.parametrize(("split", "resolution"), DRAWN[1:3])
@@ -106,12 +112,12 @@ def test_collapse_to_a_few_classes() -> None:
 
 def test_coverage_and_entropy_from_labels() -> None:
     labels = np.array([0, 0, 1, -1, -1])
-    assert mode_coverage(labels) == 2 / 32 and mode_coverage(labels, min_count=2) == 1 / 32
-    assert mode_entropy(labels) == pytest.approx(
+    assert mode_coverage(labels, 32) == 2 / 32 and mode_coverage(labels, 32, min_count=2) == 1 / 32
+    assert mode_entropy(labels, 32) == pytest.approx(
         -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3)) / math.log(32)
     )
-    assert mode_entropy(np.arange(32)) == pytest.approx(1.0)
-    assert mode_coverage(np.full(4, -1)) == 0.0 and mode_entropy(np.full(4, -1)) == 0.0
+    assert mode_entropy(np.arange(32), 32) == pytest.approx(1.0)
+    assert mode_coverage(np.full(4, -1), 32) == 0.0 and mode_entropy(np.full(4, -1), 32) == 0.0
     empty = coverage_report(np.zeros((0, 3, 32, 32), np.uint8))
     assert empty == {"mode_coverage": 0.0, "decodable": 0.0, "mode_entropy": 0.0}
 

@@ -10,7 +10,14 @@ import torch
 
 from orchestrator.data.shapes import SHAPE_CLASSES
 from orchestrator.metrics.fid import FeatureStats, fid
-from orchestrator.metrics.registry import REGISTRY, Evaluation, direction, evaluate, objective
+from orchestrator.metrics.registry import (
+    REGISTRY,
+    Evaluation,
+    direction,
+    evaluate,
+    objective,
+    objective_named,
+)
 
 
 def _stats(shift: float, n: int = 200, dims: int = 4, seed: int = 0) -> FeatureStats:
@@ -31,6 +38,17 @@ def test_the_objective_is_fid_at_its_sample_count_lower_is_better() -> None:
     assert goal.best([math.nan]) == math.inf
 
 
+@pytest.mark.parametrize("n", [2, 128, 1000, 2000, 2048, 50000])
+def test_a_reported_name_gives_back_its_objective(n: int) -> None:
+    assert objective_named(objective(n).key) == objective(n)
+    assert objective_named(objective(n).best_key) is None
+
+
+@pytest.mark.parametrize("key", ["fid", "fid0", "fid2000", "fid2kk", "kid", "fid02k"])
+def test_other_names_are_no_objective(key: str) -> None:
+    assert objective_named(key) is None
+
+
 def test_directions_come_from_the_registered_metrics() -> None:
     assert direction("fid2k", 2000) == "min" and direction("fid2k", 5000) is None  # other N, other metric
     assert direction("kid", 2000) == "min" and direction("ndb_k", 2000) == "min"
@@ -49,7 +67,7 @@ def test_an_evaluation_reports_each_metric_it_has_the_inputs_for() -> None:
     assert only_features["fid200"] > 0.5  # means 0.5 apart in each of 4 dims: about 1 plus noise
 
     labels = np.array([0, 1, 1, -1] * 8)  # 2 of the classes, 3 in 4 images readable
-    with_classes = evaluate(Evaluation(200, real, fake, labels=labels))
+    with_classes = evaluate(Evaluation(200, real, fake, labels=labels, classes=len(SHAPE_CLASSES)))
     assert set(with_classes) == {"fid200", "mode_coverage", "mode_entropy", "decodable"}
     assert with_classes["decodable"] == 0.75
     assert with_classes["mode_coverage"] == pytest.approx(2 / len(SHAPE_CLASSES))

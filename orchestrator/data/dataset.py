@@ -31,6 +31,7 @@ from orchestrator.data.cache import (
     read_cache,
     write_cache,
 )
+from orchestrator.data.shapes import SHAPE_CLASSES
 from orchestrator.data.shapes_decoder import decode_shapes
 from orchestrator.data.sources import (
     FOLDER_PREFIX,
@@ -44,9 +45,19 @@ from orchestrator.errors import ConfigError, DataError, did_you_mean
 
 log = logging.getLogger(__name__)
 
+
+
+@dataclass(frozen=True)
+class ClassReader:
+    """How a dataset reads the class of a generated image (-1: none), and how many classes it has."""
+
+    read: Callable[[torch.Tensor], np.ndarray]
+    classes: int
+
+
 # datasets whose generated images' classes can be read off the pixels: their evaluations also
-# report mode coverage (see orchestrator.metrics.registry)
-CLASS_READERS: dict[str, Callable[[torch.Tensor], np.ndarray]] = {"shapes": decode_shapes}
+# report mode coverage (orchestrator.metrics.modes)
+CLASS_READERS: dict[str, ClassReader] = {"shapes": ClassReader(decode_shapes, len(SHAPE_CLASSES))}
 
 SPLITS = ("train", "test")
 MAX_SKIPPED_FRACTION = 0.01

@@ -1,9 +1,9 @@
 """Exact mode coverage on ``shapes``: a deterministic decoder of the drawn classes, no network.
 
 ``decode_shapes`` reads back the (shape, colour, size) class of each image, or -1 when the image is
-not a clean shape; ``mode_coverage`` is then the fraction of the 32 ``SHAPE_CLASSES`` a generator
-produces. A learned classifier would name a class for anything, blurry blobs included; this decoder
-instead accepts an image only when every piece of evidence agrees with one class:
+not a clean shape; mode coverage (``orchestrator.metrics.modes``) is then the fraction of the 32
+``SHAPE_CLASSES`` a generator produces. A learned classifier would name a class for anything, blurry
+blobs included; this decoder instead accepts an image only when every piece of evidence agrees with one class:
 
 - foreground: the per-pixel coverage ``alpha`` in [0, 1], read linearly from the channel sum
   between the background level (the median of the frame's outer ring, which shapes keep clear
@@ -26,7 +26,8 @@ the confidence test: an image near two classes lies in neither box and is reject
 scale-free, so 32 and 64 px read the same; it runs batched in torch, on the images' own device.
 
 It lives beside the drawing code whose colours and sizes it reads back, not in ``metrics/`` (where
-STYLE's sketch puts coverage): so the metrics need no dataset code, and sit on the data's floor.
+STYLE's sketch puts coverage): so the metrics need no dataset code, and sit on the data's floor;
+the coverage arithmetic on its labels is ``metrics/modes.py``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import math
 import numpy as np
 import torch
 
-from orchestrator.data.shapes import COLOURS, SHAPE_CLASSES, SIZES
+from orchestrator.data.shapes import COLOURS, SIZES
 
 _CHUNK = 1024  # images decoded at once: ~200 MB of float32 work at 64 px
 
@@ -90,35 +91,6 @@ def decode_shapes(images: torch.Tensor | np.ndarray) -> np.ndarray:
     if not labels:
         return np.zeros(0, np.int64)
     return torch.cat(labels).cpu().numpy().astype(np.int64)
-
-
-def mode_coverage(labels: np.ndarray, min_count: int = 1) -> float:
-    """Fraction of the 32 classes decoded at least ``min_count`` times (-1 labels ignored)."""
-    return float((_class_counts(labels) >= min_count).mean())
-
-
-def mode_entropy(labels: np.ndarray) -> float:
-    """Entropy of the decoded class histogram over log(32): 1 when uniform, 0 for one class or none."""
-    counts = _class_counts(labels)
-    if counts.sum() == 0:
-        return 0.0
-    p = counts[counts > 0] / counts.sum()
-    return float(max(0.0, -(p * np.log(p)).sum() / math.log(len(SHAPE_CLASSES))))
-
-
-def coverage_report(images: torch.Tensor | np.ndarray) -> dict[str, float]:
-    """``mode_coverage``, ``decodable`` (fraction of clean shapes) and ``mode_entropy`` of a batch."""
-    labels = decode_shapes(images)
-    return {
-        "mode_coverage": mode_coverage(labels),
-        "decodable": float((labels >= 0).mean()) if len(labels) else 0.0,
-        "mode_entropy": mode_entropy(labels),
-    }
-
-
-def _class_counts(labels: np.ndarray) -> np.ndarray:
-    labels = np.asarray(labels, np.int64)
-    return np.bincount(labels[labels >= 0], minlength=len(SHAPE_CLASSES))
 
 
 def _as_levels(images: torch.Tensor | np.ndarray) -> torch.Tensor:

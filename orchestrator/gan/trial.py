@@ -126,9 +126,10 @@ class TrialRunner:
             self._latent_sampler(labels), self.settings.fid_n, self.extractor, batch_size=EVAL_BATCH,
             max_keep=MAX_KEEP if self.real_ref is not None else 0,
         )
+        reader = CLASS_READERS.get(self.settings.dataset)
         scores = evaluate(Evaluation(
             self.settings.fid_n, self.reference, fake, features, logits, self.real_ref,
-            np.concatenate(labels) if labels else None,
+            np.concatenate(labels) if labels else None, reader.classes if reader else 0,
         ))
         value = scores[self.objective.key]
         self.best_fid = value if self.objective.better(value, self.best_fid) else self.best_fid
@@ -152,15 +153,15 @@ class TrialRunner:
         Where the dataset's classes can be read off the pixels, each batch's are read into
         ``labels`` on the way."""
         offset = 0
-        read_classes = CLASS_READERS.get(self.settings.dataset)
+        reader = CLASS_READERS.get(self.settings.dataset)
 
         def sample(n: int) -> torch.Tensor:
             nonlocal offset
             z = self.eval_latents[offset : offset + n]
             offset += n
             images = generate(self.state, z)
-            if read_classes is not None:
-                labels.append(read_classes(images))
+            if reader is not None:
+                labels.append(reader.read(images))
             return images
 
         return sample

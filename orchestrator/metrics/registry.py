@@ -8,6 +8,7 @@ can never disagree about which FID is meant or which way is better.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -15,10 +16,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from orchestrator.data.shapes_decoder import mode_coverage, mode_entropy
 from orchestrator.metrics.diversity import RealReference, diversity_metrics
 from orchestrator.metrics.fid import FeatureStats, fid, metric_name
 from orchestrator.metrics.inception_score import inception_score
+from orchestrator.metrics.modes import mode_metrics
 
 Direction = Literal["min", "max"]
 
@@ -36,6 +37,7 @@ class Evaluation:
     logits: torch.Tensor | None = None
     real_ref: RealReference | None = None
     labels: np.ndarray | None = None  # the class read off each generated image, -1 for unreadable
+    classes: int = 0  # how many classes the labels can take
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,16 @@ def objective(n: int) -> Objective:
     return Objective(n, REGISTRY["fid"].directions(n)[metric_name(n)])
 
 
+def objective_named(key: str) -> Objective | None:
+    """The objective reported as ``key`` (``fid2k``: FID on 2000 images), None for any other key:
+    how a finished search's results, which hold only the names, say what they were ranked on."""
+    found = re.fullmatch(r"fid([1-9]\d*)(k?)", key)
+    if found is None:
+        return None
+    goal = objective(int(found[1]) * (1000 if found[2] else 1))
+    return goal if goal.key == key else None  # fid2000 is written fid2k: not a name we report
+
+
 def evaluate(evaluation: Evaluation) -> dict[str, float]:
     """Every registered metric that the evaluation has the inputs for."""
     return {key: value for metric in REGISTRY.values() for key, value in metric.compute(evaluation).items()}
@@ -137,7 +149,4 @@ def _diversity(e: Evaluation) -> dict[str, float]:
 
 @register("modes", lambda n: {"mode_coverage": "max", "mode_entropy": "max", "decodable": "max"})
 def _modes(e: Evaluation) -> dict[str, float]:
-    if e.labels is None:
-        return {}
-    return {"mode_coverage": mode_coverage(e.labels), "mode_entropy": mode_entropy(e.labels),
-            "decodable": float((e.labels >= 0).mean()) if len(e.labels) else 0.0}
+    return {} if e.labels is None else mode_metrics(e.labels, e.classes)
