@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from orchestrator.cli import add_run_flags, run_main
 from orchestrator.data import dataset as datasets
 from orchestrator.data import sources
-from orchestrator.search.plan import check_resumable, check_tracking_server, make_plan, print_plan
+from orchestrator.search.plan import check_resumable, make_plan, print_plan
+from orchestrator.search.tracking.store import check_tracking_server
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

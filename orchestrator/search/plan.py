@@ -183,24 +183,6 @@ def describe_precision(settings: RunSettings) -> str:
     return "bf16 (auto; fp16 with loss scaling on GPUs without native bf16)"
 
 
-def check_tracking_server(uri: str | None) -> None:
-    """A tracking server that does not answer is bad input: one line now, not a traceback after
-    the data and the reference statistics are done."""
-    if not uri or not uri.startswith(("http://", "https://")):
-        return
-    import urllib.error
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=15)
-    except urllib.error.HTTPError:
-        return  # something answered: MLflow's own errors, if any, come with their own message
-    except OSError as err:
-        reason = getattr(err, "reason", err)
-        raise ConfigError(f"--mlflow-uri {uri}: no MLflow server answers ({reason}); start it, or leave "
-                          "out --mlflow-uri for the embedded store") from None
-
-
 def check_resumable(plan: Plan) -> None:
     if "://" not in plan.storage and not (Path(plan.experiment_dir) / STATE_FILE).exists():
         raise ConfigError(f"--resume: {plan.experiment_dir} holds no search to resume")

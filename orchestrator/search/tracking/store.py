@@ -41,6 +41,24 @@ def tracking_uri(flag: str | None, needer: str) -> str:
     return uri
 
 
+def check_tracking_server(uri: str | None) -> None:
+    """A tracking server that does not answer is bad input: one line now, not a traceback after
+    the data and the reference statistics are done."""
+    if not uri or not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=15)
+    except urllib.error.HTTPError:
+        return  # something answered: MLflow's own errors, if any, come with their own message
+    except OSError as err:
+        reason = getattr(err, "reason", err)
+        raise ConfigError(f"--mlflow-uri {uri}: no MLflow server answers ({reason}); start it, or leave "
+                          "out --mlflow-uri for the embedded store") from None
+
+
 def default_tracking_uri(experiment_dir: Path) -> str:
     """The embedded store: a sqlite file beside the Tune results."""
     return f"sqlite:///{(experiment_dir / 'mlflow.db').resolve()}"
