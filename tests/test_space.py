@@ -25,6 +25,7 @@ from orchestrator.search.space import (
     make_sampler,
     make_searcher,
     space_path,
+    startup_trials,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -158,6 +159,42 @@ def test_start_points_are_the_first_suggestions() -> None:
     later = searcher.suggest("t2")
     assert later is not None and later not in [{**s, **space.fixed} for s in space.start]
     assert set(later) == _active_keys(space.params, later) | set(space.fixed)
+
+
+def _tpe_chosen(monkeypatch: pytest.MonkeyPatch, num_samples: int, in_flight: int, seed: int) -> int:
+    """How many trials of a search TPE chose: the searcher driven as Tune drives it, ``in_flight``
+    trials suggested before the oldest reports. A trial counts as random when the TPE sampler
+    handed any of its values to its random fallback (its start-up phase), and a start point as
+    neither."""
+    from ray.tune.search import ConcurrencyLimiter
+
+    random_trials: set[int] = set()
+    draw = optuna.samplers.RandomSampler.sample_independent
+
+    def recorded(self: optuna.samplers.RandomSampler, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                 name: str, dist: optuna.distributions.BaseDistribution) -> object:
+        random_trials.add(trial.number)
+        return draw(self, study, trial, name, dist)
+
+    monkeypatch.setattr(optuna.samplers.RandomSampler, "sample_independent", recorded)
+    space = load_space(space_path("shapes"))
+    searcher = ConcurrencyLimiter(
+        make_searcher(space, "fid2k", "min", seed=seed, num_samples=num_samples), max_concurrent=in_flight)
+    running: list[tuple[str, dict]] = []
+    for i in range(num_samples):
+        while (config := searcher.suggest(f"t{i}")) is None:  # the limiter is full: the oldest reports
+            trial_id, done = running.pop(0)
+            searcher.on_trial_complete(trial_id, {"fid2k": abs(math.log10(done["lr_g"]) + 3.7)})
+        running.append((f"t{i}", config))
+    return num_samples - len(random_trials) - len(space.start)
+
+
+def test_tpe_chooses_most_trials_of_the_default_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Optuna's default start-up of 10 random trials left TPE 3 of the default 16 (4 in flight)."""
+    assert startup_trials(16) == 3 and startup_trials(1000) == 10
+    chosen = _tpe_chosen(monkeypatch, num_samples=16, in_flight=4, seed=0)
+    # 1 start point, then trials suggested while 0, 0, 0, 1, 2 trials have reported are random
+    assert chosen == 16 - 1 - 5
 
 
 def test_storage_keeps_the_study_and_enqueues_start_points_once(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from orchestrator.cli import run_settings
 from orchestrator.config import RunSettings
 from orchestrator.errors import ConfigError
 from orchestrator.gan.placement import place
-from orchestrator.search.space import SearchSpace, describe, load_space, space_path
+from orchestrator.search.space import SearchSpace, describe, load_space, space_path, startup_trials
 
 log = logging.getLogger("orchestrator.search")
 
@@ -50,6 +50,7 @@ class Plan:
     address: str | None = None  # an existing Ray cluster, else a local one
     resume: bool = False
     argv: tuple[str, ...] = ()  # as typed, for the parent run's params
+    smoke_weak_start: bool = False  # --smoke-test added a start point that barely learns (said in the plan)
 
     @property
     def experiment_dir(self) -> str:
@@ -121,6 +122,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         address=args.address,
         resume=args.resume,
         argv=tuple(args.argv),
+        smoke_weak_start=args.smoke_test and bool(space.start),
     )
 
 
@@ -165,6 +167,11 @@ def print_plan(plan: Plan) -> None:
     print(describe(plan.space))
     print(f"metric: {goal.best_key} ({goal.mode}), FID on {plan.settings.fid_n} images, eval seed "
           f"{plan.settings.eval_seed}")
+    print(f"sampler: multivariate TPE (seed {plan.settings.seed}), after "
+          f"{startup_trials(plan.num_samples)} random trials")
+    if plan.smoke_weak_start:
+        print("smoke test: start point 2 is start point 1 at the lowest learning rates, so the first rung "
+              "has a trial to stop")
     print(f"scheduler: ASHA time_attr=training_iteration (1 = {plan.settings.eval_every} generator steps) "
           f"max_t={plan.max_evals} grace_period={plan.grace_period} "
           f"reduction_factor={plan.reduction_factor}")

@@ -128,7 +128,8 @@ def _tune_config(plan: Plan) -> Any:
     # a trial is its best, so that is the generator the trial would hand over if stopped now
     goal = objective(plan.settings.fid_n)
     metric, mode = goal.best_key, goal.mode
-    searcher = make_searcher(plan.space, metric=metric, mode=mode, seed=plan.settings.seed)
+    searcher = make_searcher(plan.space, metric=metric, mode=mode, seed=plan.settings.seed,
+                             num_samples=plan.num_samples)
     return tune.TuneConfig(
         search_alg=ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent),
         scheduler=ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode,
