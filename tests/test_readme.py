@@ -8,7 +8,7 @@ fails: a README command nobody runs is a bug. The rules:
   the README's placeholders (``RUN_ID``, ``DIR``...) with real values;
 - ``dry-run``: the main job and the cluster job run with ``--dry-run`` appended (every check a real
   run makes before its hours of training, then the plan); the smoke search stands in for the rest;
-- ``server``: started as written (on a free port), answered over HTTP, stopped;
+- ``server``, ``dashboard``: started as written (on a free port), answered over HTTP, stopped;
 - ``ci``: the test command, which ``.ci/run`` itself runs verbatim from the README;
 - ``cloud``: needs an AWS account: ``cluster.yaml`` is validated by tests/test_cluster.py and each
   ``ray`` subcommand and flag the README uses is checked against ``ray``'s own ``--help``.
@@ -42,6 +42,7 @@ RULES: list[tuple[str, str]] = [  # (regex on the command, how it is exercised)
     (r"^ray (up|dashboard|attach|exec|down) cluster\.yaml", "cloud"),
     (r"^ray job submit .* -- python -m orchestrator\.search ", "cloud"),
     (r"^mlflow ui ", "server"),
+    (r"^optuna-dashboard ", "dashboard"),
     (r"^python -m orchestrator\.", "run"),
     (r"^import mlflow", "python"),
 ]
@@ -131,24 +132,32 @@ def test_main_job_validates_and_plans(command: str, tmp_path: Path) -> None:
 
 def test_mlflow_ui_serves_the_runs(walkthrough: dict[str, Any]) -> None:
     (command,) = _commands("server")
+    body = _served(command, walkthrough["cwd"], "/api/2.0/mlflow/experiments/search?max_results=10")
+    assert '"name": "smoke"' in body.replace('":"', '": "')
+
+
+def _served(command: str, cwd: Path, path: str) -> str:
+    """Start ``command`` on a free port, return what it answers at ``path``, stop it."""
     port = free_port()
-    proc = subprocess.Popen(["bash", "-c", f"exec {command} --port {port}"], cwd=walkthrough["cwd"],
+    proc = subprocess.Popen(["bash", "-c", f"exec {command} --port {port}"], cwd=cwd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
             try:
-                body = urllib.request.urlopen(
-                    f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10", timeout=5)
-                break
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read().decode()
             except OSError:
                 time.sleep(1)
-        else:
-            pytest.fail(f"{command} did not answer")
-        assert '"name": "smoke"' in body.read().decode().replace('":"', '": "')
+        pytest.fail(f"{command} did not answer")
     finally:
         os.killpg(proc.pid, 9)
         proc.wait(timeout=30)
+
+
+def test_optuna_dashboard_serves_the_study(walkthrough: dict[str, Any]) -> None:
+    (command,) = _commands("dashboard")
+    body = _served(command, walkthrough["cwd"], "/api/studies")
+    assert '"study_name": "smoke"' in body.replace('":"', '": "')
 
 
 def test_python_snippets_run(walkthrough: dict[str, Any], shared_data: Path) -> None:

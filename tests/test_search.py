@@ -134,6 +134,14 @@ def test_killed_search_resumes_without_rerunning(tmp_path: Path) -> None:
         assert _steps(client, after[trial].info.run_id) == [40, 80, 120]
     table = pd.read_csv(storage / name / "results.csv")
     assert len(table) == 4 and set(table["trial_id"]) == set(after)
+    # the resumed search went on with the same Optuna study: its start points were enqueued once
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{storage / name / 'optuna.db'}")
+    starts = [t for t in study.trials if "fixed_params" in t.system_attrs]
+    assert len(starts) == 2, [t.params for t in starts]  # the space's start point and the smoke's weak one
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(done) >= 4
 
 
 def test_dry_run_prints_plan_and_starts_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default="runs", help="Tune storage: a folder or a URI such as s3://bucket/x")
     p.add_argument("--mlflow-uri", help="tracking server, e.g. http://127.0.0.1:5000 (default: a sqlite file "
                    "beside the results)")
+    p.add_argument("--study-storage", help="database URL for the Optuna study, e.g. postgresql://... "
+                   "(default: sqlite beside the results; in memory with remote --storage)")
     p.add_argument("--name", help="experiment name (default DATASET-TIME; with --resume: the latest)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search of that name")
     p.add_argument("--address", help="an existing Ray cluster (default: $RAY_ADDRESS, as in a `ray job "

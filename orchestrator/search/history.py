@@ -1,4 +1,5 @@
-"""Keeps Tune's per-trial history (``result.json``, ``progress.csv``) whole when a trial restarts.
+"""Keeps Tune's per-trial history (``result.json``, ``progress.csv``) whole when a trial restarts,
+and reads it back (``read_history``: the rungs of a resumed search are rebuilt from it).
 
 Tune's loggers write each result into the trial's folder on the driver and copy that folder to the
 search's storage every few seconds. When a trial restarts from a checkpoint (its node was lost),
@@ -10,7 +11,9 @@ trial is recovered, before its restart, makes that copy-back a no-op.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +44,35 @@ def push_history(trial: Any) -> None:
                                   destination_filesystem=storage.storage_filesystem)
         except OSError as err:  # Tune's periodic copy still runs; warn, never fail the search
             log.warning("could not save %s of trial %s to storage: %s", name, trial.trial_id, err)
+
+
+def read_history(trial: Any) -> list[dict[str, Any]]:
+    """Every result ``trial`` reported, in order, from its ``result.json``: the driver's copy, or
+    the one in storage when that holds more (a resumed search on another machine). A trial that
+    has reported nothing has no folder yet, and no history."""
+    if not (trial.last_result or {}).get("training_iteration"):
+        return []
+    local = Path(trial.local_path, EXPR_RESULT_FILE)
+    copies = [local.read_bytes() if local.is_file() else b"", _stored(trial)]
+    text = max(copies, key=lambda data: data.count(b"\n")).decode(errors="replace")
+    results = []
+    for line in text.splitlines():
+        try:
+            results.append(json.loads(line, parse_constant=_constant))
+        except ValueError:  # a line cut short by a crash mid-write ends the history
+            break
+    return results
+
+
+def _stored(trial: Any) -> bytes:
+    storage = trial.storage
+    try:
+        with storage.storage_filesystem.open_input_stream(
+                Path(storage.trial_fs_path, EXPR_RESULT_FILE).as_posix()) as stream:
+            return bytes(stream.read())
+    except (FileNotFoundError, OSError):
+        return b""
+
+
+def _constant(name: str) -> float:
+    return {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}[name]

@@ -27,6 +27,7 @@ STATE_FILE = "orchestrator.json"  # beside Tune's experiment state: the MLflow i
 # one trial at a time, so the weak second start point meets the first at the first rung
 SMOKE = {"num_samples": 4, "max_evals": 3, "grace_period": 1, "reduction_factor": 2, "eval_every": 40,
          "fid_n": 128, "limit": 2000, "max_concurrent": 1}
+STUDY_FILE = "optuna.db"  # beside the results: the search's Optuna study
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Plan:
     storage: str
     name: str
     tracking_uri: str | None
+    study_storage: str | None  # the Optuna study's database; None: in memory (remote results)
     # how to run it: the runner takes a Plan and nothing else
     fid_weights: str | None = None
     address: str | None = None  # an existing Ray cluster, else a local one
@@ -105,6 +107,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         grace_period=min(grace_period, max_evals),
         reduction_factor=args.reduction_factor or smoke.get("reduction_factor") or budget.reduction_factor,
     )
+    name = _experiment_name(args, storage)
     return Plan(
         space=dataclasses.replace(space, budget=budget),
         settings=settings,
@@ -116,14 +119,21 @@ def make_plan(args: argparse.Namespace) -> Plan:
         max_failures=args.max_failures,
         resources={"cpu": cpus, "gpu": gpus},
         storage=storage,
-        name=_experiment_name(args, storage),
+        name=name,
         tracking_uri=args.mlflow_uri,
+        study_storage=args.study_storage or _local_study(storage, name),
         fid_weights=str(args.fid_weights) if args.fid_weights else None,
         address=args.address,
         resume=args.resume,
         argv=tuple(args.argv),
         smoke_weak_start=args.smoke_test and bool(space.start),
     )
+
+
+def _local_study(storage: str, name: str) -> str | None:
+    """A search with local results keeps its Optuna study beside them, in its own sqlite file: MLflow
+    and Optuna each keep an ``alembic_version`` table, so they cannot share one database."""
+    return None if "://" in storage else f"sqlite:///{Path(storage) / name / STUDY_FILE}"
 
 
 def _with_weak_start(space: SearchSpace) -> SearchSpace:
@@ -168,7 +178,9 @@ def print_plan(plan: Plan) -> None:
     print(f"metric: {goal.best_key} ({goal.mode}), FID on {plan.settings.fid_n} images, eval seed "
           f"{plan.settings.eval_seed}")
     print(f"sampler: multivariate TPE (seed {plan.settings.seed}), after "
-          f"{startup_trials(plan.num_samples)} random trials")
+          f"{startup_trials(plan.num_samples)} random trials; study "
+          + (f"{plan.name!r} in {plan.study_storage} (optuna-dashboard {plan.study_storage})"
+             if plan.study_storage else "in memory (remote results: pass --study-storage URL to keep it)"))
     if plan.smoke_weak_start:
         print("smoke test: start point 2 is start point 1 at the lowest learning rates, so the first rung "
               "has a trial to stop")

@@ -119,9 +119,9 @@ def _parent_run(plan: Plan, client: Any, uri: str, identity: dict[str, str]) -> 
 
 def _tune_config(plan: Plan) -> Any:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
+    from orchestrator.search.scheduler import ResumableASHA
     from orchestrator.search.space import make_searcher
 
     # ASHA ranks a trial on its best FID so far: GAN FID is not monotone, and the checkpoint kept for
@@ -129,10 +129,10 @@ def _tune_config(plan: Plan) -> Any:
     goal = objective(plan.settings.fid_n)
     metric, mode = goal.best_key, goal.mode
     searcher = make_searcher(plan.space, metric=metric, mode=mode, seed=plan.settings.seed,
-                             num_samples=plan.num_samples)
+                             storage=plan.study_storage, study_name=plan.name, num_samples=plan.num_samples)
     return tune.TuneConfig(
         search_alg=ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent),
-        scheduler=ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode,
+        scheduler=ResumableASHA(time_attr="training_iteration", metric=metric, mode=mode,
                                 max_t=plan.max_evals, grace_period=plan.grace_period,
                                 reduction_factor=plan.reduction_factor),
         num_samples=plan.num_samples,
@@ -253,6 +253,22 @@ def _summarise(plan: Plan, results: Any, client: Any, state: dict[str, Any], wal
     return 0
 
 
+def _study(plan: Plan, table: pd.DataFrame) -> Any:
+    """The search's own Optuna study from its database; rebuilt from the results table only where it
+    lived in memory (remote results without --study-storage)."""
+    import optuna
+
+    from orchestrator.search import plots
+
+    goal = objective(plan.settings.fid_n)
+    if plan.study_storage is None:
+        distributions = {p.name: p.distribution for p, _ in walk_params(plan.space.params)}
+        return plots.study_from_results(table, list(distributions), distributions, f"best_{goal.key}")
+    study = optuna.load_study(study_name=plan.name, storage=plan.study_storage)
+    study.set_user_attr("value_name", goal.best_key)  # what Tune told it: each trial's best FID
+    return study
+
+
 def _log_search_plots(plan: Plan, results: Any, table: pd.DataFrame, client: Any, parent: str) -> None:
     """FID over time for every trial, Optuna's parameter importance and the best trials' parallel
     coordinates, on the parent run."""
@@ -266,8 +282,7 @@ def _log_search_plots(plan: Plan, results: Any, table: pd.DataFrame, client: Any
         for i, r in enumerate(results) if r.metrics_dataframe is not None
     }
     outcomes = dict(zip(table["trial_id"].astype(str), table["outcome"], strict=True))
-    distributions = {p.name: p.distribution for p, _ in walk_params(plan.space.params)}
-    study = plots.study_from_results(table, list(distributions), distributions, f"best_{key}")
+    study = _study(plan, table)
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
         plots.fid_over_time(histories, key, outcomes, out / "fid_over_time.png")
