@@ -14,6 +14,7 @@
 #            continued from its checkpoint, finished trials were not run again
 #   step     bench/step_throughput.py at reduced sizes (appends its table to bench/RESULTS.md)
 #   fid      bench/fid_eval.py at reduced sizes (the same)
+#   quality  bench/search_quality.py at reduced sizes, when 150 s are left (the same)
 # --tiny: the same logic on the CPU at tiny sizes, nothing recorded; ~10 min on 2 cores, so its default
 # budget is 1200 s (it is no device call).
 # RESULTS.md, this run's log, the search logs and its checks are copied to $OUT when it is set
@@ -82,14 +83,14 @@ fi
 save() {
   [[ -n $out ]] || return 0
   cp bench/RESULTS.md "$log" "$out"/ 2>/dev/null
-  for f in search-1.log search-2.log acceptance.json; do
+  for f in search-1.log search-2.log acceptance.json search_quality.png; do
     [[ -f $work/$f ]] && cp "$work/$f" "$out"/
   done
   [[ -f $work/runs/gpu-accept/results.csv ]] && cp "$work/runs/gpu-accept/results.csv" "$out"/
   return 0
 }
 
-order=(pytest search step fid)
+order=(pytest search step fid quality)
 declare -A status=()
 
 # run_part NAME CAP_S COMMAND...: runs COMMAND under timeout with min(CAP_S, what is left)
@@ -170,6 +171,18 @@ else
 fi
 run_part step "$((deadline - SECONDS))" python bench/step_throughput.py "${step_args[@]}" "${note_args[@]}"
 run_part fid "$((deadline - SECONDS))" python bench/fid_eval.py "${fid_args[@]}" "${note_args[@]}"
+
+# --- search quality (issue 14): TPE + ASHA vs random + ASHA vs TPE + FIFO, sized to what is left;
+# last, as the one part whose absence fails nothing (its CPU run is recorded in bench/RESULTS.md)
+left=$((deadline - SECONDS))
+if ((tiny)); then
+  status[quality]="skipped: --tiny (bench/search_quality.py's own CPU run is in bench/RESULTS.md)"
+elif ((left < 150)); then
+  status[quality]="skipped: ${left}s left, three searches need 150"
+else
+  run_part quality "$left" python bench/search_quality.py --num-samples 8 --max-evals 4 --eval-every 100 \
+    --fid-n 500 --limit 5000 --plot "$work/search_quality.png" "${note_args[@]}"
+fi
 
 echo "=== summary ($((SECONDS - began)) s of ${budget}s; work folder $work)" | tee -a "$log"
 failed=0
