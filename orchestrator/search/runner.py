@@ -35,6 +35,11 @@ DRIVER_ENVIRONMENT = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    # Tune saves its experiment state at most every 10 s by default, while a trial may checkpoint
+    # twice in that time and num_to_keep deletes the older: a driver killed then resumed from a
+    # state naming a deleted checkpoint, and that trial failed. Saving at every step costs
+    # milliseconds for a search's few dozen trials and leaves no such window.
+    "TUNE_GLOBAL_CHECKPOINT_S": "0",
 }
 
 
