@@ -17,6 +17,7 @@ construction, for one that returns a state dict read from a local file, searched
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import importlib.util
@@ -31,6 +32,8 @@ from typing import Any, Protocol
 
 import torch
 from pytorch_fid import inception as pfid
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torchvision.models.inception import BasicConv2d
 
 from orchestrator.errors import ConfigError, DataError, WeightsError
 
@@ -67,8 +70,9 @@ class FeatureExtractor(Protocol):
 
 
 class InceptionExtractor:
-    """pytorch-fid's network plus, when the weights have it, the classifier head on pool3 (its
-    logits are the IS original's: without the bias)."""
+    """pytorch-fid's network (``net``, as pytorch-fid builds it) run as ``fast`` (``inference_copy``),
+    plus, when the weights have it, the classifier head on pool3 (its logits are the IS original's:
+    without the bias)."""
 
     dims = DIMS
 
@@ -76,19 +80,33 @@ class InceptionExtractor:
         self, net: torch.nn.Module, fc: torch.nn.Linear | None, name: str, path: Path, device: torch.device
     ) -> None:
         self.net, self.fc, self.name, self.path, self.device = net, fc, name, path, device
+        self.fast = inference_copy(net)
         self.has_classifier = fc is not None
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = _to_unit_rgb(images, self.device)
+        x = _to_unit_rgb(images, self.device).contiguous(memory_format=torch.channels_last)
         # always fp32 (tf32 convolutions where cudnn allows them), even inside a caller's autocast
         with _no_autocast(self.device):
-            pool3 = self.net(x)[0].flatten(1)
+            pool3 = self.fast(x)[0].flatten(1)
             logits = self.fc(pool3) if self.fc is not None else None
         return pool3, logits
 
     def __repr__(self) -> str:
         return f"InceptionExtractor({self.name}, {self.path}, {self.device})"
+
+
+def inference_copy(net: torch.nn.Module) -> torch.nn.Module:
+    """pytorch-fid's network as the feature pass runs it: each convolution's batch norm folded into
+    the convolution, and channels-last tensors (the layout oneDNN's and cuDNN's fast kernels use).
+    The same arithmetic up to float rounding: features agree to about 1e-6 relative, FID to far
+    better than 1e-4 (``bench/inception_speed.py`` measures both, and the speed, side by side)."""
+    fast = copy.deepcopy(net).eval()
+    for module in fast.modules():
+        if isinstance(module, BasicConv2d):
+            module.conv = fuse_conv_bn_eval(module.conv, module.bn)
+            module.bn = torch.nn.Identity()
+    return fast.to(memory_format=torch.channels_last).requires_grad_(False)
 
 
 def load_inception(
