@@ -2,12 +2,15 @@
 feature pass before issue 15) against the pass the product runs now (``inference_copy``: batch norms
 folded into the convolutions, channels-last tensors).
 
-Both score the same real Food-101 images (centre crops at ``--resolution``, as a decoded dataset
-holds them), in batches of ``--batch`` (the trial's evaluation batch), alternating the two
-``--repeats`` times so drift of a shared machine hits both alike. Reports img/s of each, the
-speed-up (the median over repeats of each side's time), the largest relative difference of the
-pool3 features, and the FID between two halves of the images computed from each side's features,
-with its relative difference (target: <= 1e-4).
+Both score the same images, in batches of ``--batch`` (the trial's evaluation batch), alternating
+the two ``--repeats`` times so drift of a shared machine hits both alike: real Food-101 images
+(centre crops at ``--resolution``, as a decoded dataset holds them: the reference side, scored once
+per dataset) and a newly initialised DCGAN generator's images from the fixed evaluation latents (what
+every evaluation of every trial scores; on this CPU the network as built runs at about half its
+speed on such images, against its speed on real ones). Reports img/s of each, the speed-up (the
+median over repeats of each side's time), the largest relative difference of the pool3 features,
+and the FID between the real and the generated images from each side's features, with its relative
+difference (target: <= 1e-4).
 
     PYTHONPATH=. python bench/inception_speed.py [--device cpu] [--n 200] [--repeats 3]
     PYTHONPATH=. python bench/inception_speed.py --n 20 --repeats 1 --no-record   # a check that it runs
@@ -44,6 +47,19 @@ def food_images(root: Path, n: int, size: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
+def generated_images(n: int, size: int) -> torch.Tensor:
+    """What a trial's first evaluation scores: a new DCGAN generator's images, latents seeded."""
+    from orchestrator.config import TrialConfig
+    from orchestrator.gan.models import build_models
+    from orchestrator.gan.step import fixed_latents
+
+    config = TrialConfig()
+    torch.manual_seed(0)
+    generator, _ = build_models(config, 3, size)
+    with torch.no_grad():
+        return generator.eval()(fixed_latents(config.nz, n, 12345)).clamp(-1, 1)
+
+
 def features(net: torch.nn.Module, images: torch.Tensor, batch: int, device: torch.device,
              channels_last: bool) -> torch.Tensor:
     out = []
@@ -53,13 +69,6 @@ def features(net: torch.nn.Module, images: torch.Tensor, batch: int, device: tor
             x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
             out.append(net(x)[0].flatten(1).cpu())
     return torch.cat(out)
-
-
-def half_fid(feats: torch.Tensor) -> float:
-    a, b = FeatureStats(feats.shape[1]), FeatureStats(feats.shape[1])
-    a.update(feats[::2])
-    b.update(feats[1::2])
-    return fid(a, b)
 
 
 def main() -> None:
@@ -76,27 +85,36 @@ def main() -> None:
     images = food_images(args.data_root, args.n, args.resolution)
     sides = {"pytorch-fid's network (before)": (extractor.net, False),
              "inference_copy (now)": (extractor.fast, True)}
+    inputs = {"real Food-101": images, "generated": generated_images(args.n, args.resolution)}
     for net, channels_last in sides.values():  # warm-up: first calls pick kernels and allocate
         features(net, images[: args.batch], args.batch, device, channels_last)
-    seconds: dict[str, list[float]] = {name: [] for name in sides}
-    feats: dict[str, torch.Tensor] = {}
+    seconds: dict[tuple[str, str], list[float]] = {(side, kind): [] for side in sides for kind in inputs}
+    feats: dict[tuple[str, str], torch.Tensor] = {}
     for _ in range(args.repeats):
-        for name, (net, channels_last) in sides.items():
-            start = time.perf_counter()
-            feats[name] = features(net, images, args.batch, device, channels_last)  # synchronous: .cpu()
-            seconds[name].append(time.perf_counter() - start)
+        for kind, batch in inputs.items():
+            for side, (net, channels_last) in sides.items():
+                start = time.perf_counter()
+                feats[side, kind] = features(net, batch, args.batch, device, channels_last)  # synchronous
+                seconds[side, kind].append(time.perf_counter() - start)
     before, now = sides
-    speedup = median(seconds[before]) / median(seconds[now])
-    worst = float((feats[now] - feats[before]).abs().max() / feats[before].abs().max())
-    fids = {name: half_fid(feats[name]) for name in sides}
+    rows, fids = [], {}
+    for side in sides:
+        real, fake = FeatureStats(2048), FeatureStats(2048)
+        real.update(feats[side, "real Food-101"])
+        fake.update(feats[side, "generated"])
+        fids[side] = fid(real, fake)
+        speeds = [rate(args.n / median(seconds[side, kind])) for kind in inputs]
+        rows.append([side, *speeds, f"{fids[side]:.6f}"])
+    lines = table(["feature pass", *(f"img/s, {kind}" for kind in inputs), "FID real vs generated"], rows)
+    speedups = {kind: median(seconds[before, kind]) / median(seconds[now, kind]) for kind in inputs}
+    worst = max(float((feats[now, k] - feats[before, k]).abs().max() / feats[before, k].abs().max())
+                for k in inputs)
     relative = abs(fids[now] - fids[before]) / fids[before]
-    rows = [[name, rate(args.n / median(seconds[name])), f"{fids[name]:.6f}"] for name in sides]
-    halves = f"FID between halves ({args.n // 2} vs {args.n // 2} images)"
-    lines = table(["feature pass", "img/s", halves], rows)
-    lines += ["", f"speed-up {speedup:.2f}x (target >= 2); FID relative difference {relative:.2e} "
-              f"(target <= 1e-4); largest pool3 difference {worst:.2e} of the largest feature. "
-              f"{args.n} Food-101 images at {args.resolution} px, batches of {args.batch}, "
-              f"{args.repeats} alternating repeats, {torch.get_num_threads()} torch threads."]
+    lines += ["", "speed-up " + ", ".join(f"{v:.2f}x on {k} images" for k, v in speedups.items())
+              + f" (target >= 2); FID relative difference {relative:.2e} (target <= 1e-4); largest pool3 "
+              f"difference {worst:.2e} of the largest feature. {args.n} images of each at {args.resolution} "
+              f"px, batches of {args.batch}, {args.repeats} alternating repeats, "
+              f"{torch.get_num_threads()} torch threads."]
     report("inception_speed", device, lines, args)
 
 
