@@ -199,11 +199,13 @@ Numeric = (optuna.distributions.IntDistribution, optuna.distributions.FloatDistr
 
 
 def study_from_results(
-    table: pd.DataFrame, params: Sequence[str], distributions: Mapping[str, Dist], value_column: str
+    table: pd.DataFrame, params: Sequence[str], distributions: Mapping[str, Dist], value_column: str,
+    mode: str = "min",
 ) -> optuna.Study:
     """An in-memory study with one complete trial per row of ``table`` whose value is finite; each
-    trial gets only the ``config/<param>`` values it has (a conditional key is NaN where inactive)."""
-    study = optuna.create_study(direction="minimize")  # the value is a best FID
+    trial gets only the ``config/<param>`` values it has (a conditional key is NaN where inactive).
+    ``mode``: which way the value is better (the search's objective's)."""
+    study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
     study.set_user_attr("value_name", value_column)  # set_metric_names warns as experimental
     for index, row in table.iterrows():
         value = float(pd.to_numeric(row.get(value_column), errors="coerce"))

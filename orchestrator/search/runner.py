@@ -268,7 +268,8 @@ def _study(plan: Plan, table: pd.DataFrame) -> Any:
     goal = objective(plan.settings.fid_n)
     if plan.study_storage is None:
         distributions = {p.name: p.distribution for p, _ in walk_params(plan.space.params)}
-        return plots.study_from_results(table, list(distributions), distributions, f"best_{goal.key}")
+        return plots.study_from_results(table, list(distributions), distributions, f"best_{goal.key}",
+                                        goal.mode)
     study = optuna.load_study(study_name=plan.name, storage=plan.study_storage)
     study.set_user_attr("value_name", goal.best_key)  # what Tune told it: each trial's best FID
     return study
