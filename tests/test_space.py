@@ -404,3 +404,19 @@ def _expect_error(path: Path, fragments: list[str]) -> None:
     assert "\n" not in message
     for fragment in [str(path), *fragments]:
         assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_the_plan_says_what_the_smoke_test_adds(capsys: pytest.CaptureFixture[str]) -> None:
+    """--smoke-test runs a start point of its own so ASHA has a trial to stop: the plan says so."""
+    from orchestrator.search.cli import parse_args
+    from orchestrator.search.plan import make_plan, print_plan
+
+    plan = make_plan(parse_args(["shapes", "--smoke-test", "--gpus-per-trial", "0"]))
+    shipped = load_space(space_path("shapes")).start
+    assert len(plan.space.start) == len(shipped) + 1 and plan.smoke_weak_start
+    print_plan(plan)
+    out = capsys.readouterr().out
+    assert "smoke test: start point 2 is start point 1 at the lowest learning rates" in out
+    assert "after 3 random trials" in out and "optuna.db" in out
+    plain = make_plan(parse_args(["shapes", "--gpus-per-trial", "0"]))
+    assert plain.space.start == shipped and not plain.smoke_weak_start
