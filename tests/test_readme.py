@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from servers import free_port
 
 pytestmark = pytest.mark.integration  # whole searches: deselected by a plain `pytest`
@@ -127,7 +128,11 @@ def test_main_job_validates_and_plans(command: str, tmp_path: Path) -> None:
     job = command.split(" && ", 1)[1]
     done = _shell(f"{job} --dry-run", tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "trials: 16" in done.stdout and "metric: fid2k_best (min)" in done.stdout
+    if torch.cuda.is_available():  # the space file's budget
+        assert "trials: 16" in done.stdout and "metric: fid2k_best (min)" in done.stdout
+    else:  # a first run that finishes here: the CPU budget, said so
+        assert "no GPU: CPU budget" in done.stdout and "trials: 6," in done.stdout
+        assert "metric: fid256_best (min)" in done.stdout
 
 
 def test_mlflow_ui_serves_the_runs(walkthrough: dict[str, Any]) -> None:

@@ -59,15 +59,18 @@ def test_train_defaults_are_the_searchs(tmp_path: Path) -> None:
     """One place turns flags into RunSettings: left out, train scores a trial as a search would."""
     from orchestrator.search.cli import parse_args as search_args
     from orchestrator.search.plan import make_plan
+    from orchestrator.search.space import space_path
     from orchestrator.train import _settings, parse_args
 
     searched = make_plan(search_args(["shapes", "--gpus-per-trial", "0"])).settings
     trained = _settings(parse_args(["shapes"]))
     fields = ("resolution", "eval_every", "fid_n", "eval_seed", "seed", "precision", "cache_dir")
     assert [getattr(trained, f) for f in fields] == [getattr(searched, f) for f in fields]
-    assert (trained.resolution, trained.eval_every, trained.fid_n) == (32, 200, 2000)  # shapes.yaml
+    assert (trained.resolution, trained.eval_every, trained.fid_n) == (32, 50, 256)  # the CPU budget
+    on_file = _settings(parse_args(["shapes", "--space", str(space_path("shapes"))]))
+    assert (on_file.resolution, on_file.eval_every, on_file.fid_n) == (32, 200, 2000)  # shapes.yaml
     flagged = _settings(parse_args(["shapes", "--fid-n", "64", "--resolution", "64"]))
-    assert (flagged.resolution, flagged.fid_n, flagged.eval_every) == (64, 64, 200)
+    assert (flagged.resolution, flagged.fid_n, flagged.eval_every) == (64, 64, 50)
     (tmp_path / "a").mkdir()
     folder = _settings(parse_args([f"folder:{tmp_path}"]))  # no space file: RunSettings' own defaults
     assert (folder.resolution, folder.fid_n) == (32, 5000)

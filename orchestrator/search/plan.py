@@ -27,6 +27,12 @@ STATE_FILE = "orchestrator.json"  # beside Tune's experiment state: the MLflow i
 # one trial at a time, so the weak second start point meets the first at the first rung
 SMOKE = {"num_samples": 4, "max_evals": 3, "grace_period": 1, "reduction_factor": 2, "eval_every": 40,
          "fid_n": 128, "limit": 2000, "max_concurrent": 1}
+# a search whose trials run on this machine's CPU, of a built-in space: the space files' budgets are
+# GPU-sized (hours here), this one is sized to finish in under 15 minutes on 2 cores, first run
+# included (bench/RESULTS.md, "The main job on the CPU"): 6 trials, 2 at once, each at most 4
+# evaluations of 50 steps (rungs at 1 and 2), FID on 256 images
+CPU_BUDGET = {"num_samples": 6, "max_evals": 4, "grace_period": 1, "reduction_factor": 2, "eval_every": 50,
+              "fid_n": 256, "max_concurrent": 2}
 STUDY_FILE = "optuna.db"  # beside the results: the search's Optuna study
 
 
@@ -53,6 +59,7 @@ class Plan:
     resume: bool = False
     argv: tuple[str, ...] = ()  # as typed, for the parent run's params
     smoke_weak_start: bool = False  # --smoke-test added a start point that barely learns (said in the plan)
+    cpu_budget: bool = False  # no GPU: CPU_BUDGET stood in for the space file's (said in the plan)
 
     @property
     def experiment_dir(self) -> str:
@@ -61,7 +68,7 @@ class Plan:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     space = load_space(space_path(args.dataset, args.space))
-    budget, smoke = space.budget, SMOKE if args.smoke_test else {}
+    budget = space.budget
     if args.smoke_test:
         space = _with_weak_start(space)
     for flag in ("num_samples", "max_evals", "eval_every", "fid_n", "max_concurrent", "cpus_per_trial",
@@ -82,6 +89,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
                           "run on the CPU, or pass --address of a cluster with GPU nodes")
     if device == "cuda" and not args.address:
         place("cuda", args.precision)  # e.g. bf16 on a GPU without it: one line now, not in every trial
+    # what overrides the space file's budget, value by value (a flag overrides both)
+    cpu_budget = device == "cpu" and not args.address and not args.smoke_test and args.space is None
+    smoke = SMOKE if args.smoke_test else CPU_BUDGET if cpu_budget else {}
     settings = run_settings(
         args,
         resolution=space.resolution,
@@ -127,6 +137,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         resume=args.resume,
         argv=tuple(args.argv),
         smoke_weak_start=args.smoke_test and bool(space.start),
+        cpu_budget=cpu_budget,
     )
 
 
@@ -181,6 +192,11 @@ def print_plan(plan: Plan) -> None:
           f"{startup_trials(plan.num_samples)} random trials; study "
           + (f"{plan.name!r} in {plan.study_storage} (optuna-dashboard {plan.study_storage})"
              if plan.study_storage else "in memory (remote results: pass --study-storage URL to keep it)"))
+    if plan.cpu_budget:
+        print(f"no GPU: CPU budget ({plan.num_samples} trials, {plan.max_concurrent} at once, at most "
+              f"{plan.max_evals} evaluations of {plan.settings.eval_every} steps, FID on "
+              f"{plan.settings.fid_n} images) instead of the space file's, sized for GPUs; flags change "
+              "any of it, --space FILE runs the file's")
     if plan.smoke_weak_start:
         print("smoke test: start point 2 is start point 1 at the lowest learning rates, so the first rung "
               "has a trial to stop")
