@@ -36,7 +36,7 @@ def folders(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     """Two folders of 64 px PNG crops of real Food-101 photos; their pixels, by folder."""
     files = sorted((shared_data / "food-101" / "images").glob("*/*.jpg"))
     if len(files) < 300:
-        pytest.skip(f"Food-101 sample images not found under {shared_data}")
+        pytest.skip(f"Food-101 sample data not found under {shared_data}")
     root = tmp_path_factory.mktemp("fid-cli")
     out = {}
     for name, chosen in (("a", files[:N]), ("b", files[250 : 250 + N])):

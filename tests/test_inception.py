@@ -45,7 +45,7 @@ def helper_weights() -> Path:
 def food(shared_data: Path) -> list[Path]:
     files = sorted((shared_data / "food-101" / "images").glob("*/*.jpg"))
     if len(files) < 100:
-        pytest.skip(f"Food-101 sample images not found under {shared_data}")
+        pytest.skip(f"Food-101 sample data not found under {shared_data}")
     return files
 
 

@@ -222,7 +222,7 @@ def test_failed_trial_is_stopped_tagged_and_counted(
     space = tmp_path / "space.yaml"
     space.write_text(
         "resolution: 32\n"
-        "budget: {eval_every: 20, max_evals: 5, grace_period: 5, reduction_factor: 2, fid_n: 32}\n"
+        "budget: {eval_every: 20, max_evals: 8, grace_period: 8, reduction_factor: 2, fid_n: 32}\n"
         "fixed: {ngf: 32, ndf: 32, batch_size: 64, loss: bce, optimizer: adam, beta1: 0.5}\n"
         "params:\n"
         "  lr_g: {loguniform: [1.0e-4, 0.5]}\n"
@@ -245,9 +245,11 @@ def test_failed_trial_is_stopped_tagged_and_counted(
     assert bad.data.tags["outcome"] == "failed" and bad.data.tags["failure_mode"] == "discriminator_wins"
     assert bad.info.status == "FAILED" and good.info.status == "FINISHED"
     assert float(bad.data.tags["evidence.d_fake"]) < 0.01
-    assert len(client.get_metric_history(bad.info.run_id, "fid32")) < 5  # stopped before the budget
+    # stopped before the budget: when it is detected depends on the machine (its thread count changes
+    # the arithmetic), that it is detected while the trial runs does not (seen at evaluations 2 to 5)
+    assert len(client.get_metric_history(bad.info.run_id, "fid32")) < 8
     assert good.data.tags["outcome"] == "completed" and "failure_mode" not in good.data.tags
-    assert len(client.get_metric_history(good.info.run_id, "fid32")) == 5
+    assert len(client.get_metric_history(good.info.run_id, "fid32")) == 8
     assert client.get_run(state["parent_run_id"]).data.tags["best_run_id"] == good.info.run_id
 
 
