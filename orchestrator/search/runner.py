@@ -37,9 +37,10 @@ DRIVER_ENVIRONMENT = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
     # Tune saves its experiment state at most every 10 s by default, while a trial may checkpoint
     # twice in that time and num_to_keep deletes the older: a driver killed then resumed from a
-    # state naming a deleted checkpoint, and that trial failed. Saving at every step costs
-    # milliseconds for a search's few dozen trials and leaves no such window.
-    "TUNE_GLOBAL_CHECKPOINT_S": "0",
+    # state naming a deleted checkpoint, and that trial failed. Once a second (a save takes about
+    # 10 ms; 0 would save at every turn of Tune's loop, ten times a second) leaves a window of a
+    # second after a checkpoint, not ten.
+    "TUNE_GLOBAL_CHECKPOINT_S": "1",
 }
 
 
