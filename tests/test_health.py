@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -157,7 +158,17 @@ def test_lr_0_2_is_stopped_and_2e_4_is_not(tmp_path: Path) -> None:
     assert bad.returncode == 1, bad.stderr[-2000:]
     assert "stopped: discriminator_wins" in bad.stdout
     evaluations = [ln for ln in bad.stdout.splitlines() if ln.startswith("step")]
-    assert len(evaluations) <= 4  # stopped within a few evaluations of D winning, not at step 200
+    # stopped once D has won (D(G(z)) and D's loss both under their floors) for `patience`
+    # evaluations, long before step 200. When D wins depends on the machine's arithmetic (seen at
+    # the 3rd and the 4th evaluation on two machines); how soon after it is caught does not
+    def value(name: str, line: str) -> float:
+        return float(re.search(rf"{re.escape(name)} +([\d.]+)", line)[1])
+
+    dead = [value("D(G(z))", ln) < CFG.d_fake_floor and value("d_loss", ln) < CFG.d_loss_floor
+            for ln in evaluations]
+    # (or earlier, when its G loss rose for g_rise_evals evaluations in a row instead)
+    latest = dead.index(True) + CFG.patience if True in dead else len(evaluations)
+    assert len(evaluations) <= latest < 200 // 20, evaluations
     good = _train(tmp_path, "good", 2e-4, 120)
     assert good.returncode == 0, good.stdout + good.stderr[-2000:]
     lines = good.stdout.splitlines()
