@@ -221,6 +221,8 @@ def _open_storage(url: str) -> optuna.storages.BaseStorage:
     """A study database (``sqlite:///optuna.db``) that optuna-dashboard can read."""
     import sqlalchemy.exc  # optuna's own dependency, imported only when a URL is given
 
+    if url.startswith("sqlite:///"):  # sqlite makes its file, not the folder around it
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
         return optuna.storages.RDBStorage(url)
     except (ValueError, ImportError, sqlalchemy.exc.SQLAlchemyError) as err:
