@@ -41,3 +41,32 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
                                     "beside this checkout, or point ORCHESTRATOR_TEST_DATA at it. Skipped:")
         for nodeid in missed:
             terminalreporter.write_line(f"  {nodeid}")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Never write into the user's ~/.cache from tests."""
+    os.environ["ORCHESTRATOR_CACHE"] = str(tmp_path_factory.mktemp("orchestrator-cache"))
+
+
+@pytest.fixture(scope="session")
+def smoke_search(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The README's walkthrough search, run once (4 trials on shapes, the embedded sqlite MLflow
+    store) in a fresh folder, and shared by the tests that look at what a finished search leaves
+    behind: the MLflow UI, sampling, the report, the README's commands. Returns its argv, the
+    storage folder (``FOLDER/runs``), the experiment folder and ``orchestrator.json``'s ids."""
+    import json
+
+    from orchestrator.search.cli import main
+
+    folder, argv = tmp_path_factory.mktemp("smoke"), ["shapes", "--smoke-test", "--name", "smoke"]
+    cwd = Path.cwd()
+    os.chdir(folder)  # the README's command, as a user types it: results under ./runs
+    try:
+        assert main(argv) == 0
+    finally:
+        os.chdir(cwd)
+    storage = folder / "runs"
+    experiment = storage / "smoke"
+    state = json.loads((experiment / "orchestrator.json").read_text())
+    return {"argv": argv, "storage": storage, "experiment_dir": experiment, **state}
