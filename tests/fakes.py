@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
+
+from orchestrator.data.dataset import CachedDataset
+from orchestrator.metrics.fid import FeatureStats
 
 SMALL = {"nz": 16, "ngf": 8, "ndf": 8, "batch_size": 16}  # a tiny trial: steps in milliseconds
 
@@ -38,3 +43,16 @@ def blob_images(n: int) -> np.ndarray:
     """``n`` Blobs as a uint8 ``[n, 3, 32, 32]`` array, as a decoded dataset holds them."""
     batch = Blobs().sample(n, torch.Generator().manual_seed(0))
     return ((batch + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
+def blob_dataset(n: int) -> CachedDataset:
+    """``n`` Blobs as a decoded dataset of one class (never written to disk)."""
+    images = blob_images(n)
+    return CachedDataset(images, np.zeros(n, np.int64), ("blob",), "blobs", Path("blobs.npy"))
+
+
+def moment_reference(data: CachedDataset) -> FeatureStats:
+    """The real side of a FID under ``MomentFeatures``: statistics of every image of ``data``."""
+    stats = FeatureStats(MomentFeatures.dims)
+    stats.update(MomentFeatures()(torch.from_numpy(data.images).float() / 127.5 - 1)[0])
+    return stats

@@ -11,10 +11,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from fakes import SMALL, MomentFeatures, blob_images
+from fakes import SMALL, MomentFeatures, blob_dataset, moment_reference
 from PIL import Image
 
 from orchestrator.config import RunSettings
@@ -65,15 +64,12 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def data() -> CachedDataset:
-    images = blob_images(64)
-    return CachedDataset(images, np.zeros(len(images), np.int64), ("blob",), "blobs", Path("blobs.npy"))
+    return blob_dataset(64)
 
 
 @pytest.fixture(scope="module")
 def reference(data: CachedDataset) -> FeatureStats:
-    stats = FeatureStats(MomentFeatures.dims)
-    stats.update(MomentFeatures()(torch.from_numpy(data.images).float() / 127.5 - 1)[0])
-    return stats
+    return moment_reference(data)
 
 
 @pytest.fixture

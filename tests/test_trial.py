@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fakes import SMALL, MomentFeatures, blob_images
+from fakes import SMALL, MomentFeatures, blob_dataset, moment_reference
 
 from orchestrator.config import RunSettings, TrialConfig
 from orchestrator.data.dataset import CachedDataset
@@ -31,15 +31,12 @@ EXPLODING = {"loss": "lsgan", "optimizer": "sgd", "lr_g": 10.0, "lr_d": 10.0, "d
 
 @pytest.fixture(scope="module")
 def data() -> CachedDataset:
-    images = blob_images(N_IMAGES)
-    return CachedDataset(images, np.zeros(len(images), np.int64), ("blob",), "blobs", Path("blobs.npy"))
+    return blob_dataset(N_IMAGES)
 
 
 @pytest.fixture(scope="module")
 def reference(data: CachedDataset) -> FeatureStats:
-    stats = FeatureStats(MomentFeatures.dims)
-    stats.update(MomentFeatures()(torch.from_numpy(data.images).float() / 127.5 - 1)[0])
-    return stats
+    return moment_reference(data)
 
 
 def _runner(data: CachedDataset, reference: FeatureStats, seed: int = 0, **overrides: object) -> TrialRunner:
