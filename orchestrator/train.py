@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from orchestrator.cli import add_run_flags, run_main, run_settings
-from orchestrator.config import RunSettings, TrialConfig
+from orchestrator.config import CPU_BUDGET, RunSettings, TrialConfig
 from orchestrator.data import dataset as datasets
 from orchestrator.data import sources
 from orchestrator.errors import ConfigError, TrainingDiverged
@@ -25,7 +25,6 @@ from orchestrator.gan.trial import TrialRunner, format_report
 from orchestrator.images import save_png
 from orchestrator.metrics.diversity import real_reference
 from orchestrator.metrics.inception import load_inception
-from orchestrator.search.plan import CPU_BUDGET
 from orchestrator.search.space import load_space, space_path
 
 log = logging.getLogger("orchestrator.train")

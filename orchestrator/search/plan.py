@@ -16,7 +16,7 @@ from typing import Any
 
 from orchestrator.atomic import atomic_write
 from orchestrator.cli import run_settings
-from orchestrator.config import RunSettings
+from orchestrator.config import CPU_BUDGET, RunSettings
 from orchestrator.errors import ConfigError
 from orchestrator.gan.placement import place
 from orchestrator.search.space import SearchSpace, describe, load_space, space_path, startup_trials
@@ -27,12 +27,6 @@ STATE_FILE = "orchestrator.json"  # beside Tune's experiment state: the MLflow i
 # one trial at a time, so the weak second start point meets the first at the first rung
 SMOKE = {"num_samples": 4, "max_evals": 3, "grace_period": 1, "reduction_factor": 2, "eval_every": 40,
          "fid_n": 128, "limit": 2000, "max_concurrent": 1}
-# a search whose trials run on this machine's CPU, of a built-in space: the space files' budgets are
-# GPU-sized (hours here), this one is sized to finish in under 15 minutes on 2 cores, first run
-# included (bench/RESULTS.md, "The main job on the CPU"): 6 trials, 2 at once, each at most 4
-# evaluations of 50 steps (rungs at 1 and 2), FID on 256 images
-CPU_BUDGET = {"num_samples": 6, "max_evals": 4, "grace_period": 1, "reduction_factor": 2, "eval_every": 50,
-              "fid_n": 256, "max_concurrent": 2}
 STUDY_FILE = "optuna.db"  # beside the results: the search's Optuna study
 
 
@@ -91,37 +85,37 @@ def make_plan(args: argparse.Namespace) -> Plan:
         place("cuda", args.precision)  # e.g. bf16 on a GPU without it: one line now, not in every trial
     # what overrides the space file's budget, value by value (a flag overrides both)
     cpu_budget = device == "cpu" and not args.address and not args.smoke_test and args.space is None
-    smoke = SMOKE if args.smoke_test else CPU_BUDGET if cpu_budget else {}
+    overlay = SMOKE if args.smoke_test else CPU_BUDGET if cpu_budget else {}
     settings = run_settings(
         args,
         resolution=space.resolution,
-        max_images=args.limit or smoke.get("limit"),
-        eval_every=args.eval_every or smoke.get("eval_every") or budget.eval_every,
-        fid_n=args.fid_n or smoke.get("fid_n") or budget.fid_n,
+        max_images=args.limit or overlay.get("limit"),
+        eval_every=args.eval_every or overlay.get("eval_every") or budget.eval_every,
+        fid_n=args.fid_n or overlay.get("fid_n") or budget.fid_n,
         device=device,
         health=space.health,
     )
-    max_evals = args.max_evals or smoke.get("max_evals") or budget.max_evals
-    max_concurrent = args.max_concurrent or smoke.get("max_concurrent") or 4
+    max_evals = args.max_evals or overlay.get("max_evals") or budget.max_evals
+    max_concurrent = args.max_concurrent or overlay.get("max_concurrent") or 4
     cpus = args.cpus_per_trial or (1.0 if gpus else float(max(1, (os.cpu_count() or 1) // max_concurrent)))
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
     if "://" in storage and not args.mlflow_uri:
         raise ConfigError("remote --storage needs --mlflow-uri (a sqlite store cannot live there)")
-    # the budget the search will really run (flags and --smoke-test override the file), so the
-    # printed plan and the parent run's params say what happened
-    grace_period = args.grace_period or smoke.get("grace_period") or budget.grace_period
+    # the budget the search will really run (flags, then --smoke-test or the CPU budget, override the
+    # file), so the printed plan and the parent run's params say what happened
+    grace_period = args.grace_period or overlay.get("grace_period") or budget.grace_period
     if args.grace_period and grace_period > max_evals:
         raise ConfigError(f"--grace-period {grace_period} exceeds max_evals {max_evals}")
     budget = dataclasses.replace(
         budget, eval_every=settings.eval_every, fid_n=settings.fid_n, max_evals=max_evals,
         grace_period=min(grace_period, max_evals),
-        reduction_factor=args.reduction_factor or smoke.get("reduction_factor") or budget.reduction_factor,
+        reduction_factor=args.reduction_factor or overlay.get("reduction_factor") or budget.reduction_factor,
     )
     name = _experiment_name(args, storage)
     return Plan(
         space=dataclasses.replace(space, budget=budget),
         settings=settings,
-        num_samples=args.num_samples or smoke.get("num_samples") or 16,
+        num_samples=args.num_samples or overlay.get("num_samples") or 16,
         max_evals=max_evals,
         grace_period=budget.grace_period,
         reduction_factor=budget.reduction_factor,
