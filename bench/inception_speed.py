@@ -12,7 +12,13 @@ median over repeats of each side's time), the largest relative difference of the
 and the FID between the real and the generated images from each side's features, with its relative
 difference (target: <= 1e-4).
 
+Each side's rate is also given in GFLOP/s (the network's floating-point operations per image, counted
+by torch's FlopCounterMode, times img/s), beside the fp32 matrix-multiply rate of the same threads
+measured in the same run: the most any fp32 implementation of the pass could reach here. ``--threads
+1`` is what one trial of a search running two at once on two cores has.
+
     PYTHONPATH=. python bench/inception_speed.py [--device cpu] [--n 200] [--repeats 3]
+    PYTHONPATH=. python bench/inception_speed.py --threads 1      # one trial's share of a 2-core search
     PYTHONPATH=. python bench/inception_speed.py --n 20 --repeats 1 --no-record   # a check that it runs
 """
 
@@ -24,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import add_common_args, median, rate, report, shared_data, table
+from common import add_common_args, median, rate, report, shared_data, table, timed
 from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
 from orchestrator.metrics.fid import FeatureStats, fid
 from orchestrator.metrics.inception import _to_unit_rgb, load_inception
@@ -71,6 +78,21 @@ def features(net: torch.nn.Module, images: torch.Tensor, batch: int, device: tor
     return torch.cat(out)
 
 
+def flops_per_image(net: torch.nn.Module, device: torch.device) -> float:
+    x = torch.zeros(2, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(x)
+    return counter.get_total_flops() / 2
+
+
+def gemm_gflops(device: torch.device, size: int = 4096, repeats: int = 5) -> float:
+    """fp32 matrix-multiply GFLOP/s on ``device``: the practical ceiling of a convolution network."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    a @ b
+    seconds = [timed(lambda: a @ b, device) for _ in range(repeats)]
+    return 2 * size**3 / median(seconds) / 1e9
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(p)
@@ -79,7 +101,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=100, help="images per forward (the trial's EVAL_BATCH)")
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     extractor = load_inception(device=device)
     images = food_images(args.data_root, args.n, args.resolution)
@@ -97,14 +122,17 @@ def main() -> None:
                 feats[side, kind] = features(net, batch, args.batch, device, channels_last)  # synchronous
                 seconds[side, kind].append(time.perf_counter() - start)
     before, now = sides
+    gflop, peak = flops_per_image(extractor.fast, device) / 1e9, gemm_gflops(device)
     rows, fids = [], {}
     for side in sides:
         real, fake = FeatureStats(2048), FeatureStats(2048)
         real.update(feats[side, "real Food-101"])
         fake.update(feats[side, "generated"])
         fids[side] = fid(real, fake)
-        speeds = [rate(args.n / median(seconds[side, kind])) for kind in inputs]
-        rows.append([side, *speeds, f"{fids[side]:.6f}"])
+        speeds = [args.n / median(seconds[side, kind]) for kind in inputs]
+        rows.append([side, *(f"{rate(v)} ({v * gflop:.0f} GFLOP/s)" for v in speeds), f"{fids[side]:.6f}"])
+    ceiling = f"{rate(peak / gflop)} ({peak:.0f} GFLOP/s)"
+    rows.append(["fp32 matrix multiply, the ceiling", ceiling, ceiling, ""])
     lines = table(["feature pass", *(f"img/s, {kind}" for kind in inputs), "FID real vs generated"], rows)
     speedups = {kind: median(seconds[before, kind]) / median(seconds[now, kind]) for kind in inputs}
     worst = max(float((feats[now, k] - feats[before, k]).abs().max() / feats[before, k].abs().max())
@@ -114,7 +142,7 @@ def main() -> None:
               + f" (target >= 2); FID relative difference {relative:.2e} (target <= 1e-4); largest pool3 "
               f"difference {worst:.2e} of the largest feature. {args.n} images of each at {args.resolution} "
               f"px, batches of {args.batch}, {args.repeats} alternating repeats, "
-              f"{torch.get_num_threads()} torch threads."]
+              f"{torch.get_num_threads()} torch threads, {gflop:.2f} GFLOP per image."]
     report("inception_speed", device, lines, args)
 
 

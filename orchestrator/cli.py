@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import PRECISIONS, RunSettings, default_cache_dir
+from orchestrator.config import MAX_COUNT, PRECISIONS, RunSettings, default_cache_dir
 from orchestrator.errors import ConfigError, OrchestratorError
 
 
@@ -20,24 +21,96 @@ class UsageParser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+MAX_SAMPLES = 10_000  # images drawn at once: 10k at 64 px are 0.5 GB as floats
+
+
+def _int(text: str, least: int, most: int = MAX_COUNT) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not least <= value <= most:
+        raise argparse.ArgumentTypeError(f"{value} must be in [{least}, {most:,}]")
+    return value
+
+
+def count(text: str) -> int:
+    """A flag's type: a whole number of things, at least 1 (refuses 0, -7, 2.5, 1e9 as text)."""
+    return _int(text, 1)
+
+
+def retries(text: str) -> int:
+    """A flag's type: a whole number, 0 allowed (e.g. retries)."""
+    return _int(text, 0)
+
+
+def seed_number(text: str) -> int:
+    return _int(text, 0, MAX_SEED)
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def positive(text: str) -> float:
+    """A flag's type: a finite number above 0 (refuses nan, inf, 0, -1)."""
+    value = _number(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number above 0")
+    return value
+
+
+def share(text: str) -> float:
+    """A flag's type: a finite number, 0 or above (a GPU share)."""
+    return 0.0 if _number(text) == 0 else positive(text)
+
+
+def nonempty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def path_arg(text: str) -> Path:
+    """A flag's type: a path, never the empty string (which would mean the current folder)."""
+    return Path(nonempty(text))
+
+
+def sample_count(text: str) -> int:
+    """A flag's type: how many images to draw into memory at once (``sample --n``)."""
+    return _int(text, 1, MAX_SAMPLES)
+
+
+def names(text: str) -> tuple[str, ...]:
+    """A flag's type: a comma-separated list of names, none empty (``--classes pizza,sushi``)."""
+    items = tuple(item.strip() for item in text.split(","))
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty name: give names separated by commas")
+    return items
+
+
 def add_run_flags(p: argparse.ArgumentParser) -> None:
     """The flags both training commands (search, train) take, with one meaning and one default: where
     a flag is left out, both take the dataset's search-space file's value, so ``train DATASET`` runs
     the trial a search of DATASET would."""
-    p.add_argument("--data-root", type=Path, help="folder holding the dataset's files")
+    p.add_argument("--data-root", type=path_arg, help="folder holding the dataset's files")
     p.add_argument("--download", action="store_true", help="let torchvision fetch a missing dataset")
-    p.add_argument("--classes", help="comma-separated class subset, e.g. pizza,sushi")
-    p.add_argument("--limit", type=int, help="use at most this many training images")
-    p.add_argument("--seed", type=int, default=0, help="seeds the weights and the data order (a search's "
-                   "Optuna sampler too)")
+    p.add_argument("--classes", type=names, help="comma-separated class subset, e.g. pizza,sushi")
+    p.add_argument("--limit", type=count, help="use at most this many training images")
+    p.add_argument("--seed", type=seed_number, default=0, help="seeds the weights and the data order (a "
+                   "search's Optuna sampler too)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="what trials compute in (default "
                    "auto: bf16 on GPUs with native bf16, else fp16 with loss scaling; fp32 on the CPU)")
-    p.add_argument("--space", type=Path, help="search-space YAML whose resolution and budget are the "
+    p.add_argument("--space", type=path_arg, help="search-space YAML whose resolution and budget are the "
                    "defaults (default search_spaces/DATASET.yaml)")
-    p.add_argument("--eval-every", type=int, help="generator steps between evaluations (space default)")
-    p.add_argument("--fid-n", type=int, help="images per FID (space default)")
-    p.add_argument("--fid-weights", type=Path, help="FID Inception weights (default: search)")
-    p.add_argument("--cache-dir", type=Path, help="decoded data and FID statistics")
+    p.add_argument("--eval-every", type=count, help="generator steps between evaluations (space default)")
+    p.add_argument("--fid-n", type=count, help="images per FID (space default)")
+    p.add_argument("--fid-weights", type=path_arg, help="FID Inception weights (default: search)")
+    p.add_argument("--cache-dir", type=path_arg, help="decoded data and FID statistics")
 
 
 def run_settings(args: argparse.Namespace, **fields: Any) -> RunSettings:
@@ -50,7 +123,7 @@ def run_settings(args: argparse.Namespace, **fields: Any) -> RunSettings:
         "data_root": args.data_root,
         "cache_dir": args.cache_dir or default_cache_dir(),
         "download": args.download,
-        "classes": tuple(args.classes.split(",")) if args.classes else None,
+        "classes": args.classes,
         "max_images": args.limit,
         "seed": args.seed,
         "precision": args.precision,

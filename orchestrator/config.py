@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +18,13 @@ from typing import Any
 
 import yaml
 
-from orchestrator.errors import ConfigError, SearchSpaceError, did_you_mean
+from orchestrator.errors import ConfigError, OrchestratorError, SearchSpaceError, did_you_mean
 
 LOSSES = ("bce", "wgan", "wgan-gp", "hinge", "lsgan")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 D_NORMS = ("batch", "spectral", "none")
 RESOLUTIONS = (32, 64)
+MAX_COUNT = 2**31 - 1  # Ray, Optuna and torch keep counts in 32 or 64 bits: a larger one is a typo
 # image files a folder dataset or a folder of samples may hold (what PIL reads; compared lower-case)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # what a trial computes in (orchestrator.gan.placement)
@@ -198,13 +200,47 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ORCHESTRATOR_CACHE", Path.home() / ".cache" / "orchestrator"))
 
 
-def load_yaml_mapping(path: Path) -> dict[str, Any]:
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading numbers as people write them and refusing a key given twice.
+
+    PyYAML follows YAML 1.1, where a float needs a dot: ``2e-4`` would be the string "2e-4". The
+    extra resolver reads it as YAML 1.2 (and JSON, and Python) do."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]  # type: ignore[no-untyped-call]
+        for i, key in enumerate(keys):
+            if key in keys[:i]:  # PyYAML would keep the last: an lr_g given twice is a mistake
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", node.value[i][0].start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: Path, error: type[OrchestratorError] = ConfigError) -> Any:
+    """``path``'s YAML document; ``error`` (one line naming the file) when it cannot be read, is not
+    UTF-8 text or is not YAML."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=YamlLoader)  # a SafeLoader
     except OSError as err:
-        raise ConfigError(f"cannot read {path}: {err.strerror}") from err
+        raise error(f"cannot read {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a text file (not UTF-8)") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+        mark = getattr(err, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise error(f"{path}: not valid YAML{line}: {problem}") from None
+
+
+def load_yaml_mapping(path: Path) -> dict[str, Any]:
+    data = read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from orchestrator.cli import UsageParser, run_main
+from orchestrator.cli import UsageParser, count, path_arg, run_main
 from orchestrator.config import IMAGE_SUFFIXES, RunSettings, default_cache_dir
 from orchestrator.errors import ConfigError, DataError, did_you_mean
 from orchestrator.metrics.fid import FeatureStats, extract_stats, fid, metric_name
@@ -45,16 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b", metavar="B", nargs="?", help="the second source (omit with --save-stats)")
     p.add_argument(
         "--n",
-        type=int,
+        type=count,
         help="images per source (default: a folder's all, a dataset's "
         f"{RunSettings().fid_n}); larger sets use a fixed seeded subset",
     )
-    p.add_argument("--resolution", type=int, default=64, help="dataset resolution (default 64)")
-    p.add_argument("--batch-size", type=int, default=50, help="Inception batch size (default 50)")
+    p.add_argument("--resolution", type=count, default=64, help="dataset resolution (default 64)")
+    p.add_argument("--batch-size", type=count, default=50, help="Inception batch size (default 50)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if any)")
-    p.add_argument("--weights", type=Path, help="FID Inception weights file (default: search)")
-    p.add_argument("--save-stats", type=Path, metavar="OUT.npz", help="save A's statistics here")
-    p.add_argument("--data-root", type=Path, help="where datasets' raw files are")
+    p.add_argument("--weights", type=path_arg, help="FID Inception weights file (default: search)")
+    p.add_argument("--save-stats", type=path_arg, metavar="OUT.npz", help="save A's statistics here")
+    p.add_argument("--data-root", type=path_arg, help="where datasets' raw files are")
     p.add_argument(
         "--download", action="store_true", help="allow downloading a dataset or the Inception weights"
     )

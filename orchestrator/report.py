@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator.cli import UsageParser, run_main
+from orchestrator.cli import UsageParser, path_arg, run_main
 from orchestrator.errors import ConfigError
 from orchestrator.metrics.health import FAILED
 from orchestrator.metrics.registry import Objective, objective_named
@@ -44,7 +44,7 @@ def build_parser() -> UsageParser:
                    help="a Tune experiment folder (runs/NAME), or an MLflow experiment name or id")
     p.add_argument("--mlflow-uri",
                    help="tracking URI for an MLflow experiment (default $MLFLOW_TRACKING_URI)")
-    p.add_argument("--out", type=Path, help="write PREFIX.csv and PREFIX.html (default: see above)")
+    p.add_argument("--out", type=path_arg, help="write PREFIX.csv and PREFIX.html (default: see above)")
     return p
 
 

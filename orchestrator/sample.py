@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from orchestrator.cli import UsageParser, run_main
+from orchestrator.cli import MAX_SAMPLES, UsageParser, path_arg, run_main, sample_count, seed_number
 from orchestrator.errors import ConfigError
 from orchestrator.gan.checkpoints import load_generator
 from orchestrator.images import grid_image, save_png, to_image
@@ -45,9 +45,10 @@ def build_parser() -> UsageParser:
     p = UsageParser(prog="python -m orchestrator.sample", description=__doc__.split("\n")[0])
     p.add_argument("source", metavar="RUN_ID | CHECKPOINT",
                    help="an MLflow run id, a Tune checkpoint folder or a .pt checkpoint file")
-    p.add_argument("--n", type=int, default=64, help="samples to draw (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the latents (default 0)")
-    p.add_argument("--out", type=Path, default=Path("grid.png"),
+    p.add_argument("--n", type=sample_count, default=64,
+                   help=f"samples to draw (default 64, at most {MAX_SAMPLES:,})")
+    p.add_argument("--seed", type=seed_number, default=0, help="seeds the latents (default 0)")
+    p.add_argument("--out", type=path_arg, default=Path("grid.png"),
                    help="a .png file for one grid (default grid.png), else a folder of PNGs")
     p.add_argument("--mlflow-uri", help="tracking URI for a run id (default $MLFLOW_TRACKING_URI)")
     return p
@@ -55,8 +56,6 @@ def build_parser() -> UsageParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.n < 1:
-        raise ConfigError(f"--n {args.n} must be at least 1")
     as_grid = args.out.suffix.lower() == ".png" and not args.out.is_dir()
     if not as_grid and args.out.is_dir() and any(args.out.glob("*.png")):
         raise ConfigError(f"--out {args.out} already holds PNG files: choose an empty folder")

@@ -14,11 +14,20 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from orchestrator.cli import add_run_flags, run_main, run_settings
+from orchestrator.cli import (
+    UsageParser,
+    add_run_flags,
+    count,
+    path_arg,
+    positive,
+    run_main,
+    run_settings,
+    seed_number,
+)
 from orchestrator.config import CPU_BUDGET, RunSettings, TrialConfig
 from orchestrator.data import dataset as datasets
 from orchestrator.data import sources
-from orchestrator.errors import ConfigError, TrainingDiverged
+from orchestrator.errors import TrainingDiverged
 from orchestrator.gan.checkpoints import TRIAL_FILE
 from orchestrator.gan.placement import place, resolve_device
 from orchestrator.gan.trial import TrialRunner, format_report
@@ -31,15 +40,15 @@ log = logging.getLogger("orchestrator.train")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m orchestrator.train", description=__doc__.split("\n")[0])
+    p = UsageParser(prog="python -m orchestrator.train", description=__doc__.split("\n")[0])
     p.add_argument("dataset", help=f"one of {', '.join(sources.DATASETS)} or folder:PATH")
-    p.add_argument("--config", type=Path, help="trial hyperparameters as YAML (TrialConfig keys)")
+    p.add_argument("--config", type=path_arg, help="trial hyperparameters as YAML (TrialConfig keys)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=float, help="passes over the training images (default 5)")
-    budget.add_argument("--steps", type=int, help="generator steps, instead of --epochs")
-    p.add_argument("--resolution", type=int, help="32 or 64 (default: the search space's)")
-    p.add_argument("--out", type=Path, help="output folder (default runs/train-DATASET-TIME)")
-    p.add_argument("--eval-seed", type=int, default=12345)
+    budget.add_argument("--epochs", type=positive, help="passes over the training images (default 5)")
+    budget.add_argument("--steps", type=count, help="generator steps, instead of --epochs")
+    p.add_argument("--resolution", type=count, help="32 or 64 (default: the search space's)")
+    p.add_argument("--out", type=path_arg, help="output folder (default runs/train-DATASET-TIME)")
+    p.add_argument("--eval-seed", type=seed_number, default=12345)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     add_run_flags(p)
     return p.parse_args(argv)
@@ -68,8 +77,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = _settings(args)
     spec = datasets.spec_for(settings)
     datasets.validate(spec)
-    if (args.steps is not None and args.steps < 1) or (args.epochs is not None and args.epochs <= 0):
-        raise ConfigError("--steps/--epochs must be positive")
     if not spec.download:  # counting a dataset still to be fetched would fetch it
         datasets.check_fid_n(settings.fid_n, datasets.available(spec, settings.cache_dir), spec.name)
     device = resolve_device(settings.device)

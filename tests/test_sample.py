@@ -153,14 +153,17 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         (["/nonexistent/checkpoint_000001"], "no such file or folder, nor an MLflow run id"),
         (["OTHER"], "the weights do not fit the generator its config describes (nz 16, ngf 16, 32 px)"),
         (["ROOT"], "no generator.pt in this folder"),
-        (["OTHER", "--n", "0"], "--n 0 must be at least 1"),
-        (["OTHER", "--n", "many"], "argument --n: invalid int value: 'many'"),
+        (["OTHER", "--n", "0"], "argument --n: 0 must be in [1, 10,000]"),
+        (["OTHER", "--n", "1000000000"], "argument --n: 1000000000 must be in [1, 10,000]"),
+        (["OTHER", "--n", "many"], "argument --n: 'many' is not a whole number"),
+        (["OTHER", "--out", ""], "argument --out: must not be empty"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, bad_files: dict[str, str],
                                           tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    argv = [bad_files.get(a, a) for a in args] + ["--out", str(tmp_path / "grid.png")]
+    # first, so that a case's own --out wins
+    argv = ["--out", str(tmp_path / "grid.png")] + [bad_files.get(a, a) for a in args]
     proc = subprocess.run([sys.executable, "-m", "orchestrator.sample", *argv], capture_output=True,
                           text=True, timeout=300, cwd=REPO, env=env)
     assert proc.returncode == 2, proc.stderr

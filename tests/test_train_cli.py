@@ -40,7 +40,13 @@ def test_train_cli_on_shapes(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         (["food101", "--data-root", "/nonexistent/place"], "/nonexistent/place"),
         (["shapes", "--config", "CONFIG"], "unknown key 'lr_gen'"),
         (["shapes", "--config", "RANGE"], "beta1=2.0 must be in [0, 1)"),
-        (["shapes", "--steps", "0"], "--steps/--epochs must be positive"),
+        (["shapes", "--steps", "0"], "argument --steps: 0 must be in [1, 2,147,483,647]"),
+        (["shapes", "--epochs", "nan"], "argument --epochs: nan must be a finite number above 0"),
+        (["shapes", "--epochs", "inf"], "argument --epochs: inf must be a finite number above 0"),
+        (["shapes", "--out", ""], "argument --out: must not be empty"),
+        (["shapes", "--classes", ""], "argument --classes: '' has an empty name"),
+        (["shapes", "--seed", "-1"], "argument --seed: -1 must be in [0, 4,294,967,295]"),
+        (["shapes", "--stepz", "3"], "unrecognized arguments: --stepz 3"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
@@ -48,7 +54,7 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_pat
     (tmp_path / "range.yaml").write_text("beta1: 2.0\n")
     files = {"CONFIG": str(tmp_path / "bad.yaml"), "RANGE": str(tmp_path / "range.yaml")}
     args = [files.get(a, a) for a in args]
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.train", *args, "--out", str(tmp_path / "o")],
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.train", "--out", str(tmp_path / "o"), *args],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

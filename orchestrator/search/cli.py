@@ -12,10 +12,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from orchestrator.cli import add_run_flags, run_main
+from orchestrator.cli import UsageParser, add_run_flags, count, positive, retries, run_main, share
 from orchestrator.data import dataset as datasets
 from orchestrator.data import sources
-from orchestrator.search.plan import check_resumable, make_plan, print_plan
+from orchestrator.search.plan import check_new, check_resumable, make_plan, print_plan
 from orchestrator.search.tracking.store import check_tracking_server
 
 
@@ -27,22 +27,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m orchestrator.search", description=__doc__.split("\n")[0])
+    p = UsageParser(prog="python -m orchestrator.search", description=__doc__.split("\n")[0])
     p.add_argument("dataset", help=f"one of {', '.join(sources.DATASETS)} or folder:PATH")
-    p.add_argument("--num-samples", type=int, help="trials to sample (default 16)")
-    p.add_argument("--max-evals", type=int, help="evaluations per trial at most (ASHA max_t; space default)")
-    p.add_argument("--grace-period", type=int, help="evaluations before ASHA may stop a trial (space "
+    p.add_argument("--num-samples", type=count, help="trials to sample (default 16)")
+    p.add_argument("--max-evals", type=count,
+                   help="evaluations per trial at most (ASHA max_t; space default)")
+    p.add_argument("--grace-period", type=count, help="evaluations before ASHA may stop a trial (space "
                    "default; equal to --max-evals: no early stopping)")
-    p.add_argument("--reduction-factor", type=float, help="ASHA keeps 1 in this many at each rung (space "
+    p.add_argument("--reduction-factor", type=positive, help="ASHA keeps 1 in this many at each rung (space "
                    "default, >= 2)")
-    p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 (default: 0.25 "
+    p.add_argument("--gpus-per-trial", type=share, help="GPU share per trial, e.g. 0.25 (default: 0.25 "
                    "when a GPU is visible, else 0)")
-    p.add_argument("--cpus-per-trial", type=float, help="CPU share per trial (default 1 with a GPU, "
+    p.add_argument("--cpus-per-trial", type=positive, help="CPU share per trial (default 1 with a GPU, "
                    "else the cores divided among the concurrent trials)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), help="what trials compute on (default: "
                    "cuda with a GPU share, else cpu; cpu with a GPU share schedules by logical GPUs)")
-    p.add_argument("--max-concurrent", type=int, help="trials running at once (default 4)")
-    p.add_argument("--max-failures", type=int, default=3,
+    p.add_argument("--max-concurrent", type=count, help="trials running at once (default 4)")
+    p.add_argument("--max-failures", type=retries, default=3,
                    help="restarts of a crashed trial from its last checkpoint (default 3)")
     p.add_argument("--storage", default="runs", help="Tune storage: a folder or a URI such as s3://bucket/x")
     p.add_argument("--mlflow-uri", help="tracking server, e.g. http://127.0.0.1:5000 (default: a sqlite file "
@@ -69,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         datasets.check_fid_n(plan.settings.fid_n, available, spec.name)
     if args.resume:
         check_resumable(plan)
+    else:
+        check_new(plan)
     if args.dry_run:  # contacts nothing: the cluster's job is checked on a laptop with this
         print_plan(plan)
         return 0

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -24,6 +26,8 @@ from orchestrator.search.space import SearchSpace, describe, load_space, space_p
 log = logging.getLogger("orchestrator.search")
 
 STATE_FILE = "orchestrator.json"  # beside Tune's experiment state: the MLflow ids of this search
+# an experiment name is one folder under --storage and one MLflow experiment
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # one trial at a time, so the weak second start point meets the first at the first rung
 SMOKE = {"num_samples": 4, "max_evals": 3, "grace_period": 1, "reduction_factor": 2, "eval_every": 40,
          "fid_n": 128, "limit": 2000, "max_concurrent": 1}
@@ -162,7 +166,10 @@ def _cuda_visible() -> bool:
 
 
 def _experiment_name(args: argparse.Namespace, storage: str) -> str:
-    if args.name:
+    if args.name is not None:
+        if not NAME.fullmatch(args.name):
+            raise ConfigError(f"--name {args.name!r}: a search's name is one folder name (letters, digits, "
+                              "'.', '_' and '-', starting with a letter or a digit)")
         return args.name
     if args.resume and "://" not in storage:
         stem = args.dataset.replace(":", "_").replace("/", "_")
@@ -212,9 +219,57 @@ def describe_precision(settings: RunSettings) -> str:
     return "bf16 (auto; fp16 with loss scaling on GPUs without native bf16)"
 
 
+def search_identity(plan: Plan) -> dict[str, Any]:
+    """What makes a search this search: its data, its space file, its budget, its seeds and its
+    resources. Recorded in the state file when it starts; a resume that differs would put two
+    searches' trials into one, so ``check_resumable`` refuses it. JSON types only."""
+    s = plan.settings
+    return {
+        "dataset": s.dataset, "data_root": str(s.data_root) if s.data_root else None,
+        "classes": list(s.classes) if s.classes else None, "limit": s.max_images, "resolution": s.resolution,
+        "space_file_sha256": hashlib.sha256(Path(plan.space.path).read_bytes()).hexdigest(),
+        "smoke_test": plan.smoke_weak_start, "num_samples": plan.num_samples, "max_evals": plan.max_evals,
+        "eval_every": s.eval_every, "fid_n": s.fid_n, "grace_period": plan.grace_period,
+        "reduction_factor": plan.reduction_factor, "seed": s.seed, "eval_seed": s.eval_seed,
+        "device": s.device, "precision": s.precision, "cpus_per_trial": plan.resources["cpu"],
+        "gpus_per_trial": plan.resources["gpu"], "max_concurrent": plan.max_concurrent,
+        "fid_weights": plan.fid_weights,
+    }
+
+
+def check_new(plan: Plan) -> None:
+    """A search never starts in the folder of another: Tune would keep two states there and the
+    state file would name only the second search's MLflow run."""
+    if "://" in plan.storage:
+        return  # listing a remote folder would need its credentials before any work: not checked
+    folder = Path(plan.experiment_dir)
+    if (folder / STATE_FILE).exists() or any(folder.glob("experiment_state*")):
+        raise ConfigError(f"a search named {plan.name!r} is already in {folder}: add --resume to continue "
+                          "it, or choose another --name")
+
+
 def check_resumable(plan: Plan) -> None:
+    """``--resume`` continues the search it names, and only when this command is that search."""
     if "://" not in plan.storage and not (Path(plan.experiment_dir) / STATE_FILE).exists():
         raise ConfigError(f"--resume: {plan.experiment_dir} holds no search to resume")
+    try:
+        state = read_state(plan)
+    except (OSError, ValueError) as err:  # unreadable, not JSON, not UTF-8
+        raise ConfigError(f"--resume: cannot read {plan.experiment_dir}/{STATE_FILE}: "
+                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    started = state.get("identity") if isinstance(state, dict) else None
+    if not isinstance(started, dict):
+        return  # written before searches recorded their identity: nothing to compare
+    now = json.loads(json.dumps(search_identity(plan)))
+    differ = [key for key in now if key in started and started[key] != now[key]]
+    if not differ:
+        return
+    key = differ[0]
+    what = (f"its space file {plan.space.path} has changed" if key == "space_file_sha256"
+            else f"it started with {key} {started[key]!r}, this command gives {now[key]!r}")
+    more = f" (and {', '.join(differ[1:])})" if len(differ) > 1 else ""
+    started_as = f"; it was started as: {state['command']}" if state.get("command") else ""
+    raise ConfigError(f"--resume: {plan.name} is not the same search: {what}{more}{started_as}")
 
 
 def git_commit() -> str:

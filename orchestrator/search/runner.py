@@ -8,6 +8,8 @@ import json
 import logging
 import math
 import os
+import shlex
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -20,11 +22,12 @@ from orchestrator.metrics.diversity import real_reference
 from orchestrator.metrics.health import FAILED, outcome
 from orchestrator.metrics.inception import load_inception
 from orchestrator.metrics.registry import Objective, objective
-from orchestrator.search.plan import Plan, git_commit, print_plan, read_state, write_state
+from orchestrator.search.plan import Plan, git_commit, print_plan, read_state, search_identity, write_state
 from orchestrator.search.schema import walk_params
 from orchestrator.search.tracking import store
 
 log = logging.getLogger("orchestrator.search")
+TIMINGS_FILE = "timings.json"  # the driver's phases, seconds each
 
 # set by run_search, before Ray and MLflow read them (never at import: report imports this module)
 DRIVER_ENVIRONMENT = {
@@ -55,17 +58,21 @@ def run_search(plan: Plan) -> int:
     from orchestrator.search.tracking.trial_logger import MlflowTrialLogger
 
     weights, spec = plan.fid_weights, datasets.spec_for(plan.settings)
+    clock = Clock()
     # the driver's GPU, when it has one, computes the reference statistics
     extractor = load_inception(weights, device=resolve_device("auto"))  # fails before any data work
+    clock.lap("inception")
     print_plan(plan)
     data = datasets.prepare_dataset(spec, plan.settings.cache_dir)
     datasets.check_fid_n(plan.settings.fid_n, len(data), spec.name)  # unreadable files skipped
+    clock.lap("data")
     reference, real_ref = real_reference(
         data.images, data.key, plan.settings.fid_n, extractor, plan.settings.cache_dir,
         device=extractor.device,
     )
+    clock.lap("reference")
 
-    ray.init(address=plan.address, include_dashboard=False, num_cpus=None if plan.address else os.cpu_count())
+    _start_ray(plan)
     tracking_uri = plan.tracking_uri or _local_tracking_uri(plan)
     client = store.connect(tracking_uri)
     identity = {"data_key": data.key, "fid_network": extractor.name, "fid_reference_n": str(reference.n)}
@@ -79,6 +86,7 @@ def run_search(plan: Plan) -> int:
                              real_ref=real_ref, fid_weights=weights),
         {"cpu": plan.resources["cpu"], "gpu": plan.resources["gpu"]},
     )
+    clock.lap("ray_start")
     started = time.time()
     try:
         if plan.resume:
@@ -88,10 +96,67 @@ def run_search(plan: Plan) -> int:
             tuner = tune.Tuner(trainable, tune_config=_tune_config(plan),
                                run_config=_run_config(plan, logger))
         results = tuner.fit()
-        return _summarise(plan, results, client, state, time.time() - started)
+        clock.lap("trials")
+        code = _summarise(plan, results, client, state, time.time() - started)
+        clock.lap("summary")
+        _report_time(plan, clock.seconds)
+        return code
     finally:
         if not plan.address:
             ray.shutdown()  # the local cluster this search started
+
+
+def _start_ray(plan: Plan) -> None:
+    """Join ``--address``; otherwise start a Ray of this search's own, even where ``ray start`` has
+    registered a cluster on this machine (Ray would join that one, and refuse the CPU count; when it
+    was killed without ``ray stop``, every search would fail on its leftover address file)."""
+    import ray
+
+    if plan.address:
+        ray.init(address=plan.address, include_dashboard=False)
+        return
+    if running := _local_ray_cluster():
+        print(f"ray: a Ray cluster started by `ray start` is running here ({running}); this search starts "
+              "its own. To run on that cluster instead: --address auto")
+    ray.init(address="local", include_dashboard=False, num_cpus=os.cpu_count())
+
+
+def _local_ray_cluster() -> str | None:
+    """The address ``ray start`` registered on this machine, when something answers there."""
+    try:
+        from ray._private.utils import read_ray_address  # Ray's own reader of its address file
+
+        address = read_ray_address()
+        host, port = address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=1):
+            return address
+    except Exception:  # no file, an unreadable one, a private API that moved, or nothing listening
+        return None
+
+
+class Clock:
+    """The driver's phases in seconds, each from the end of the one before."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = now - self._last
+        self._last = now
+
+
+def _report_time(plan: Plan, seconds: dict[str, float]) -> None:
+    """Where the driver's wall clock went: a line of the summary, and ``timings.json`` beside
+    ``results.csv`` (read by ``bench/smoke_breakdown.py``)."""
+    def shown(phase: str, value: float) -> str:
+        name = phase.replace("_", " ").replace("ray", "Ray")
+        return f"{name} {value / 60:.1f} min" if value >= 120 else f"{name} {value:.0f} s"
+
+    print("  time: " + ", ".join(shown(phase, value) for phase, value in seconds.items()))
+    if "://" not in plan.storage:
+        (Path(plan.experiment_dir) / TIMINGS_FILE).write_text(json.dumps(seconds, indent=1))
 
 
 def _local_tracking_uri(plan: Plan) -> str:
@@ -118,7 +183,9 @@ def _parent_run(plan: Plan, client: Any, uri: str, identity: dict[str, str]) -> 
             store.METRIC_TAG: objective(plan.settings.fid_n).best_key, **identity}
     run_id = store.start_parent_run(client, experiment_id, plan.name, params, tags)
     store.log_file(client, run_id, plan.space.path, "search")
-    state = {"experiment_id": experiment_id, "parent_run_id": run_id, "tracking_uri": uri}
+    state = {"experiment_id": experiment_id, "parent_run_id": run_id, "tracking_uri": uri,
+             "identity": search_identity(plan),
+             "command": "python -m orchestrator.search " + shlex.join(plan.argv)}
     write_state(plan, state)
     return state
 

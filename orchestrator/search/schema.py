@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -25,7 +24,7 @@ from optuna.distributions import (
     check_distribution_compatibility,
 )
 
-from orchestrator.config import RESOLUTIONS, TrialConfig
+from orchestrator.config import MAX_COUNT, RESOLUTIONS, TrialConfig, read_yaml
 from orchestrator.errors import ConfigError, SearchSpaceError, did_you_mean
 
 # a future `health:` section (failure-detector thresholds) is one more name here and one parser
@@ -112,7 +111,7 @@ def parse_space(
         if key not in raw:
             raise top.error(f"missing required key {key!r}")
     resolution = raw["resolution"]
-    if resolution not in RESOLUTIONS or isinstance(resolution, bool):
+    if not _is_int(resolution) or resolution not in RESOLUTIONS:
         raise (top / "resolution").error(f"{resolution!r} is not one of 32, 64")
     fixed = _fixed(raw.get("fixed"), top / "fixed")
     params = _params(raw["params"], top / "params")
@@ -137,29 +136,8 @@ class _At:
         return SearchSpaceError(f"{self.path}: {self.key + ': ' if self.key else ''}{message}")
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys; a space that defines lr_g twice is a mistake."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]  # type: ignore[no-untyped-call]
-        for i, key in enumerate(keys):
-            if key in keys[:i]:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", node.value[i][0].start_mark
-                )
-        return super().construct_mapping(node, deep=deep)
-
-
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader
-    except OSError as err:
-        raise SearchSpaceError(f"cannot read search space {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise SearchSpaceError(f"{path}: not valid YAML{line}: {problem}") from None
+    data = read_yaml(path, SearchSpaceError)
     if not isinstance(data, dict):
         kind = "an empty file" if data is None else f"{data!r}"
         raise SearchSpaceError(f"{path}: expected a mapping of keys, got {kind}")
@@ -193,6 +171,8 @@ def _budget(node: Any, at: _At) -> Budget:
         least = 2 if name == "fid_n" else 1
         if not _is_int(node[name]) or node[name] < least:
             raise (at / name).error(f"{node[name]!r} must be an integer >= {least}")
+        if node[name] > MAX_COUNT:
+            raise (at / name).error(f"{node[name]!r} is more than {MAX_COUNT:,}: a typo?")
     rf = node["reduction_factor"]
     if not is_number(rf) or rf < 2:
         raise (at / "reduction_factor").error(f"{rf!r} must be a number >= 2")
@@ -212,7 +192,10 @@ def _fixed(node: Any, at: _At) -> dict[str, Any]:
 
 
 def _params(node: Any, at: _At) -> tuple[Param, ...]:
-    return tuple(_param(name, spec, at / name) for name, spec in _mapping(node, at).items())
+    node = _mapping(node, at)
+    if not node:
+        raise at.error("no sampled keys: a search needs at least one (e.g. lr_g: {loguniform: [1e-5, 1e-3]})")
+    return tuple(_param(name, spec, at / name) for name, spec in node.items())
 
 
 def _param(name: Any, spec: Any, at: _At) -> Param:

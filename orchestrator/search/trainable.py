@@ -54,6 +54,7 @@ class GanTrainable(tune.Trainable):
         real_ref: RealReference | None = None,
         fid_weights: str | None = None,
     ) -> None:
+        setup_start = time.perf_counter()
         self.settings, self.data, self.reference, self.real_ref = settings, data, reference, real_ref
         # the GPU Ray assigned (a fraction of one included), among the ones this process sees
         self.device = trial_device(settings.device, ray.get_gpu_ids())
@@ -72,6 +73,9 @@ class GanTrainable(tune.Trainable):
         # on the device once per actor: a reused actor's next trial trains on the same copy
         self.images = device_images(data, self.placement)
         self._build(config)
+        # where a trial's time goes besides training and evaluating (bench/smoke_breakdown.py):
+        # this actor's set-up, reported once, and the checkpoints saved since the last report
+        self.overhead = {"setup_seconds": time.perf_counter() - setup_start, "checkpoint_seconds": 0.0}
 
     def _build(self, config: dict[str, Any]) -> None:
         trial_config = TrialConfig.from_dict(config, source=f"trial {self.trial_id}")
@@ -112,13 +116,16 @@ class GanTrainable(tune.Trainable):
             "failure": reason,
             "failure_mode": verdict.mode if verdict else "",
             "evidence": dict(verdict.evidence) if verdict else {},
+            **self.overhead,
         }
+        self.overhead = {"setup_seconds": 0.0, "checkpoint_seconds": 0.0}
         if verdict is not None:
             report[DONE] = True  # a dead trial stops now, whatever ASHA would decide later
         self.last_report = report
         return report
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
+        start = time.perf_counter()
         folder = Path(checkpoint_dir)
         self.runner.save(folder / STATE_FILE)
         save_generator(self.runner.state, folder / GENERATOR_FILE)
@@ -128,6 +135,7 @@ class GanTrainable(tune.Trainable):
             loss_curves(history, folder / CURVE_FILES[0])
             metric_curves(history, self.runner.objective.key, folder / CURVE_FILES[1])
         (folder / REPORT_FILE).write_text(json.dumps(self.last_report, default=float))
+        self.overhead["checkpoint_seconds"] += time.perf_counter() - start
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:  # type: ignore[override]
         self.runner.restore(Path(checkpoint_dir) / STATE_FILE)
