@@ -66,7 +66,10 @@ def positive(text: str) -> float:
 
 def share(text: str) -> float:
     """A flag's type: a finite number, 0 or above (a GPU share)."""
-    return 0.0 if _number(text) == 0 else positive(text)
+    value = _number(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number, 0 or above")
+    return value
 
 
 def nonempty(text: str) -> str:

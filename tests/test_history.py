@@ -16,7 +16,8 @@ import pytest
 def ray_session() -> Iterator[None]:
     import ray
 
-    ray.init(num_cpus=1, include_dashboard=False)  # Tune's driver folders live in the session
+    # Tune's driver folders live in the session; "local": never a cluster `ray start` left registered
+    ray.init(address="local", num_cpus=1, include_dashboard=False)
     yield
     ray.shutdown()
 

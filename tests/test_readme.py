@@ -222,6 +222,7 @@ def test_troubleshooting_messages_are_what_the_program_prints(
         "lr_g: {loguniform: [1.0e-5, 1.0e-3]}", "lr_g: {loguniform: [0, 1.0e-3]}")
     (tmp_path / "bad.yaml").write_text(bad_space)
     store = f"sqlite:///{walkthrough['experiment_dir'] / 'mlflow.db'}"
+    storage = walkthrough["experiment_dir"].parent
     commands = [
         "python -m orchestrator.fid shapes --resolution 32 --n 64 --save-stats x.npz",
         "python -m orchestrator.search food101 --data-root /nonexistent --dry-run",
@@ -231,6 +232,10 @@ def test_troubleshooting_messages_are_what_the_program_prints(
         f"python -m orchestrator.sample 0123456789abcdef0123456789abcdef --mlflow-uri {store}",
         f"python -m orchestrator.sample {_other_architecture(walkthrough, tmp_path)} --n 0",
         f"python -m orchestrator.sample {_other_architecture(walkthrough, tmp_path)}",
+        "python -m orchestrator.search shapes --limit 0 --dry-run",
+        f"python -m orchestrator.search shapes --smoke-test --name smoke --storage {storage} --dry-run",
+        f"python -m orchestrator.search shapes --smoke-test --name smoke --storage {storage} --fid-n 64 "
+        "--resume --dry-run",
     ]
     if not torch.cuda.is_available():
         commands.append("python -m orchestrator.search shapes --gpus-per-trial 0.25 --dry-run")

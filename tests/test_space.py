@@ -337,6 +337,9 @@ BAD_FILES = [
     (_edit("budget/fid_n", KeyError), ["budget", "missing key 'fid_n'"]),
     # top level
     (_edit("resolution", 48), ["resolution", "48", "32, 64"]),
+    (_edit("resolution", 32.0), ["resolution", "32.0", "32, 64"]),  # passed, then crashed later
+    (_edit("budget/max_evals", 10**21), ["budget.max_evals", str(10**21), "more than 2,147,483,647"]),
+    (_edit("params", {}), ["params", "no sampled keys"]),
     (_edit("params", KeyError), ["missing required key 'params'"]),
 ]
 
@@ -372,6 +375,23 @@ def test_bad_yaml(tmp_path: Path, text: str, fragments: list[str]) -> None:
 
 def test_missing_file(tmp_path: Path) -> None:
     _expect_error(tmp_path / "absent.yaml", ["cannot read"])
+
+
+def test_a_file_that_is_not_text_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe")
+    _expect_error(path, ["not a text file"])
+
+
+def test_numbers_are_read_as_people_write_them(tmp_path: Path) -> None:
+    """YAML 1.1 (PyYAML) reads 2e-4 as a string; the space's readers take it as the number it is."""
+    text = _write(tmp_path, BASE).read_text()
+    text = text.replace("loguniform:\n    - 1.0e-05\n    - 0.001", "loguniform: [1e-5, 1E-3]")
+    assert "[1e-5, 1E-3]" in text
+    path = tmp_path / "written.yaml"
+    path.write_text(text)
+    lr_g = next(p for p in load_space(path).params if p.name == "lr_g")
+    assert (lr_g.distribution.low, lr_g.distribution.high) == (1e-5, 1e-3)  # type: ignore[attr-defined]
 
 
 def test_branch_twins_and_nested_branches_are_allowed(tmp_path: Path) -> None:

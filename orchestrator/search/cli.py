@@ -63,15 +63,15 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     plan = make_plan(args)
+    if args.resume:  # first: a resume of another search is refused whatever its data
+        check_resumable(plan)
+    else:
+        check_new(plan)
     spec = datasets.spec_for(plan.settings)
     datasets.validate(spec)
     if not spec.download:  # counting a dataset still to be fetched would fetch it
         available = datasets.available(spec, plan.settings.cache_dir)
         datasets.check_fid_n(plan.settings.fid_n, available, spec.name)
-    if args.resume:
-        check_resumable(plan)
-    else:
-        check_new(plan)
     if args.dry_run:  # contacts nothing: the cluster's job is checked on a laptop with this
         print_plan(plan)
         return 0

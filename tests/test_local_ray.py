@@ -1,0 +1,90 @@
+"""A search on a machine where `ray start --head` runs, or ran (issue 16). Ray's own ``ray.init``
+joins the cluster that `ray start` registered and refuses the search's CPU count; when that cluster
+was killed without `ray stop`, its address file stays and every search failed the same way. A
+search without ``--address`` starts its own Ray, and says so when another one runs here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+from servers import free_port
+
+from orchestrator.search.cli import parse_args
+from orchestrator.search.plan import make_plan
+from orchestrator.search.runner import _start_ray
+
+pytestmark = pytest.mark.integration  # starts two Ray clusters: deselected by a plain `pytest`
+
+
+def _address_file() -> Path:
+    from ray._common.utils import get_ray_address_file  # where `ray start` registers its cluster
+
+    return Path(get_ray_address_file(None))
+
+
+@pytest.fixture
+def ray_head(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A real `ray start --head` on a free port (1 CPU), stopped the way a crash stops it: its process
+    group killed, no `ray stop`, so its address file is left behind."""
+    port = free_port()
+    ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    assert ray_cli, "the ray command is not installed"
+    registered = _address_file()
+    before = registered.read_text() if registered.exists() else None
+    log = (tmp_path / "ray-head.log").open("wb")
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
+                             "--include-dashboard=false", "--disable-usage-stats"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 120
+    while not (registered.exists() and registered.read_text().strip().endswith(f":{port}")):
+        assert head.poll() is None and time.time() < deadline, (tmp_path / "ray-head.log").read_text()
+        time.sleep(1)
+    try:
+        yield head, port
+    finally:
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=60)
+        log.close()
+        # leave the machine's registration as it was
+        if registered.exists() and registered.read_text().strip().endswith(f":{port}"):
+            if before is None:
+                registered.unlink()
+            else:
+                registered.write_text(before)
+
+
+def test_a_search_starts_its_own_ray_beside_a_running_or_dead_one(
+    ray_head: tuple[subprocess.Popen[bytes], int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    head, port = ray_head
+    plan = make_plan(parse_args(["shapes", "--smoke-test", "--storage", str(tmp_path)]))
+    _start_ray(plan)
+    try:
+        out = capsys.readouterr().out
+        assert "a Ray cluster started by `ray start` is running here (" in out and f":{port})" in out
+        assert "this search starts its own. To run on that cluster instead: --address auto" in out
+        # its own: all this machine's CPUs, not the head's one, and another GCS
+        assert ray.cluster_resources()["CPU"] == os.cpu_count()
+        assert not ray.get_runtime_context().gcs_address.endswith(f":{port}")
+    finally:
+        ray.shutdown()
+
+    os.killpg(head.pid, signal.SIGKILL)  # the head dies without `ray stop`
+    head.wait(timeout=60)
+    assert _address_file().read_text().strip().endswith(f":{port}")  # its address file stays behind
+    _start_ray(plan)
+    try:
+        assert "ray start" not in capsys.readouterr().out  # nothing answers there: nothing to say
+        assert ray.cluster_resources()["CPU"] == os.cpu_count()
+    finally:
+        ray.shutdown()
