@@ -27,3 +27,23 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def check_writable_folder(path: Path, what: str) -> Path:
+    """``path`` is a folder this process can write in, or one it can create: checked before any
+    work, so that an hour's results are never computed and then lost to a bad output path. Raises
+    ``ConfigError`` naming ``what`` (e.g. ``--storage runs``) and the reason."""
+    from orchestrator.errors import ConfigError
+
+    path = Path(path)
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "" if existing == path else f" ({existing} is a file)"
+        raise ConfigError(f"{what}: not a folder{where}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what}: {existing} is not writable")
+    return path

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from orchestrator.atomic import check_writable_folder
 from orchestrator.cli import UsageParser, count, path_arg, run_main
 from orchestrator.config import IMAGE_SUFFIXES, RunSettings, default_cache_dir
 from orchestrator.errors import ConfigError, DataError, did_you_mean
@@ -170,6 +171,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise ConfigError(f"--batch-size {args.batch_size} must be at least 1")
     if args.save_stats is not None and args.save_stats.suffix != ".npz":
         raise ConfigError(f"--save-stats {str(args.save_stats)!r} must end in .npz")
+    if args.save_stats is not None:
+        check_writable_folder(args.save_stats.parent, f"--save-stats {args.save_stats}")
 
 
 def _loaded(path: Path, network: _LazyExtractor) -> FeatureStats:

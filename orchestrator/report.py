@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from orchestrator.atomic import check_writable_folder
 from orchestrator.cli import UsageParser, path_arg, run_main
 from orchestrator.errors import ConfigError
 from orchestrator.metrics.health import FAILED
@@ -50,6 +51,8 @@ def build_parser() -> UsageParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.out is not None:
+        check_writable_folder(args.out.parent, f"--out {args.out}")
     folder = Path(args.experiment)
     if folder.is_dir():
         trials, prefix = from_tune(folder), folder / "report"

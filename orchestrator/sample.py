@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from orchestrator.atomic import check_writable_folder
 from orchestrator.cli import MAX_SAMPLES, UsageParser, path_arg, run_main, sample_count, seed_number
 from orchestrator.errors import ConfigError
 from orchestrator.gan.checkpoints import load_generator
@@ -59,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     as_grid = args.out.suffix.lower() == ".png" and not args.out.is_dir()
     if not as_grid and args.out.is_dir() and any(args.out.glob("*.png")):
         raise ConfigError(f"--out {args.out} already holds PNG files: choose an empty folder")
+    check_writable_folder(args.out.parent if as_grid else args.out, f"--out {args.out}")
     sampler = load_sampler(args.source, args.mlflow_uri)
     if as_grid:
         save_png(grid_image(torch.cat(list(sample(sampler, args.n, args.seed))) * 2 - 1), args.out)

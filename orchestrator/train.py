@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from orchestrator.atomic import check_writable_folder
 from orchestrator.cli import (
     UsageParser,
     add_run_flags,
@@ -75,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # everything a user can get wrong is checked before any work starts
     config = TrialConfig.from_yaml(args.config) if args.config else TrialConfig()
     settings = _settings(args)
+    if args.out is not None:
+        check_writable_folder(args.out, f"--out {args.out}")
+    check_writable_folder(settings.cache_dir, f"cache folder {settings.cache_dir}")
     spec = datasets.spec_for(settings)
     datasets.validate(spec)
     if not spec.download:  # counting a dataset still to be fetched would fetch it

@@ -161,6 +161,15 @@ def test_loads_pytorch_fid_npz(tmp_path) -> None:
         stats.update(np.zeros((2, 8)))
 
 
+def test_load_rejects_statistics_that_are_not_finite(tmp_path) -> None:
+    """Such a file gave FID inf and exit status 0."""
+    mu, sigma = moments(features(30, 8, 10))
+    sigma[2, 3] = np.nan
+    np.savez(tmp_path / "nan.npz", mu=mu, sigma=sigma)
+    with pytest.raises(DataError, match="NaN or infinity"):
+        FeatureStats.load(tmp_path / "nan.npz")
+
+
 def test_load_rejects_other_files(tmp_path) -> None:
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     np.savez(tmp_path / "other.npz", x=np.zeros(3))

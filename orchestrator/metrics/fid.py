@@ -153,6 +153,8 @@ class FeatureStats:
         d = mu.shape[0] if mu.ndim == 1 else -1
         if d < 1 or sigma.shape != (d, d):
             raise DataError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not match")
+        if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+            raise DataError(f"{path}: mu or sigma holds NaN or infinity: no FID can be computed from it")
         stats = cls(d, meta)
         stats.n, stats._rows = n, None
         stats._loaded = (torch.from_numpy(mu), torch.from_numpy(sigma))

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from orchestrator.cli import UsageParser, add_run_flags, count, positive, retries, run_main, share
 from orchestrator.data import dataset as datasets
 from orchestrator.data import sources
-from orchestrator.search.plan import check_new, check_resumable, make_plan, print_plan
+from orchestrator.search.plan import check_new, check_outputs, check_resumable, make_plan, print_plan
 from orchestrator.search.tracking.store import check_tracking_server
 
 
@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     plan = make_plan(args)
+    check_outputs(plan)
     if args.resume:  # first: a resume of another search is refused whatever its data
         check_resumable(plan)
     else:

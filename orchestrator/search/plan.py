@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.atomic import atomic_write
+from orchestrator.atomic import atomic_write, check_writable_folder
 from orchestrator.cli import run_settings
 from orchestrator.config import CPU_BUDGET, RunSettings
 from orchestrator.errors import ConfigError
 from orchestrator.gan.placement import place
 from orchestrator.search.space import SearchSpace, describe, load_space, space_path, startup_trials
+from orchestrator.search.tracking.store import check_store
 
 log = logging.getLogger("orchestrator.search")
 
@@ -235,6 +236,19 @@ def search_identity(plan: Plan) -> dict[str, Any]:
         "gpus_per_trial": plan.resources["gpu"], "max_concurrent": plan.max_concurrent,
         "fid_weights": plan.fid_weights,
     }
+
+
+def check_outputs(plan: Plan) -> None:
+    """Everything the search will write can be written: its folder, the data cache, the MLflow
+    store and the Optuna study (what needs a server is contacted later, past the dry run)."""
+    if "://" not in plan.storage:
+        check_writable_folder(Path(plan.experiment_dir), f"--storage {plan.storage}")
+    check_writable_folder(plan.settings.cache_dir, f"cache folder {plan.settings.cache_dir}")
+    if plan.tracking_uri:
+        check_store(plan.tracking_uri, reading=False)
+    if plan.study_storage and plan.study_storage.startswith("sqlite:///"):
+        check_writable_folder(Path(plan.study_storage.removeprefix("sqlite:///")).parent,
+                              f"--study-storage {plan.study_storage}")
 
 
 def check_new(plan: Plan) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.atomic import check_writable_folder
 from orchestrator.errors import ConfigError
 from orchestrator.metrics.health import FAILED, LOST
 
@@ -29,16 +30,50 @@ IMAGE_KEY = "samples"  # flat: keys with "/" have produced unreadable image arti
 CHECKPOINT_FOLDER = "checkpoint"  # on a trial's run: the last generator its trial saved
 
 
+# what MLflow can track to (a "+driver" suffix allowed: postgresql+psycopg2://...)
+STORE_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "file", "databricks")
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
 def tracking_uri(flag: str | None, needer: str) -> str:
-    """``--mlflow-uri``, else ``$MLFLOW_TRACKING_URI``; ``needer`` says what needs it. A sqlite store
-    must already exist: MLflow would quietly create an empty one for a mistyped path."""
+    """``--mlflow-uri``, else ``$MLFLOW_TRACKING_URI``, for reading a store: ``needer`` says what
+    needs it. The store must exist (MLflow would quietly create an empty one for a mistyped path,
+    or turn an empty file into a database) and a server must answer."""
     uri = flag or os.environ.get(TRACKING_ENV)
     if not uri:
         raise ConfigError(f"{needer} needs --mlflow-uri or ${TRACKING_ENV} (a search's own store is "
                           "sqlite:///STORAGE/NAME/mlflow.db)")
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise ConfigError(f"--mlflow-uri {uri}: no such database file")
+    check_store(uri, reading=True)
+    check_tracking_server(uri)
     return uri
+
+
+def check_store(uri: str, reading: bool) -> None:
+    """What can be known of a tracking URI without contacting anything: a scheme MLflow knows, and
+    for sqlite a file that is a SQLite database (when ``reading``: one that exists; else one that
+    can be created). One ``ConfigError`` line otherwise."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
+    if scheme not in STORE_SCHEMES:
+        raise ConfigError(f"--mlflow-uri {uri}: not a tracking URI (use sqlite:///FILE, http://HOST:PORT or "
+                          "postgresql://USER@HOST/DB)")
+    if scheme != "sqlite":
+        return
+    if not uri.startswith("sqlite:///") or uri == "sqlite:///":
+        raise ConfigError(f"--mlflow-uri {uri}: a sqlite store is sqlite:///FILE (four slashes for an "
+                          "absolute path)")
+    path = Path(uri.removeprefix("sqlite:///"))
+    if path.is_dir():
+        raise ConfigError(f"--mlflow-uri {uri}: {path} is a folder, not a database file")
+    if path.exists():
+        with path.open("rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+        if head != SQLITE_HEADER:
+            kind = "an empty file" if not head else "not a SQLite database"
+            raise ConfigError(f"--mlflow-uri {uri}: {path} is {kind}, not an MLflow store")
+    elif reading:
+        raise ConfigError(f"--mlflow-uri {uri}: no such database file")
+    else:
+        check_writable_folder(path.parent, f"--mlflow-uri {uri}")
 
 
 def check_tracking_server(uri: str | None) -> None:

@@ -1,0 +1,114 @@
+"""Where a command will write is checked before it works (issue 16): an output folder that is a file
+or not writable, a tracking URI that is not one, a sqlite store that is a folder, an empty file or
+another kind of file. Each is one line and exit status 2, and nothing is written or changed."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.atomic import check_writable_folder
+from orchestrator.errors import ConfigError
+from orchestrator.search.cli import cli_main
+from orchestrator.search.tracking.store import check_store
+
+
+def test_a_writable_folder_may_not_exist_yet(tmp_path: Path) -> None:
+    assert check_writable_folder(tmp_path / "a" / "b", "--out") == tmp_path / "a" / "b"
+    assert not (tmp_path / "a").exists()  # checked, not created
+
+
+def test_a_file_in_the_way_is_named(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match=r"^--out X: not a folder$"):
+        check_writable_folder(tmp_path / "f", "--out X")
+    with pytest.raises(ConfigError, match=rf"--out X: not a folder \({tmp_path / 'f'} is a file\)"):
+        check_writable_folder(tmp_path / "f" / "sub", "--out X")
+
+
+def test_a_read_only_folder_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.geteuid() == 0:  # root writes anywhere: stand in for the kernel's answer to anyone else
+        monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked)
+    with pytest.raises(ConfigError, match=f"--storage runs: {locked} is not writable"):
+        check_writable_folder(locked / "runs", "--storage runs")
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("ftp://host/x", "not a tracking URI"),
+        ("sqllite:///x.db", "not a tracking URI"),
+        ("runs/mlflow.db", "not a tracking URI"),
+        ("sqlite://x.db", "a sqlite store is sqlite:///FILE"),
+        ("sqlite:///DIR", "is a folder, not a database file"),
+        ("sqlite:///EMPTY", "is an empty file, not an MLflow store"),
+        ("sqlite:///TEXT", "is not a SQLite database, not an MLflow store"),
+    ],
+)
+def test_bad_tracking_uris_are_one_line(uri: str, message: str, tmp_path: Path) -> None:
+    (tmp_path / "empty.db").touch()
+    (tmp_path / "text.db").write_text("hello")
+    files = {"DIR": str(tmp_path), "EMPTY": str(tmp_path / "empty.db"), "TEXT": str(tmp_path / "text.db")}
+    for name, path in files.items():
+        uri = uri.replace(name, path)
+    for reading in (True, False):
+        with pytest.raises(ConfigError, match=message):
+            check_store(uri, reading=reading)
+    assert (tmp_path / "empty.db").stat().st_size == 0  # never turned into a database
+
+
+def test_good_tracking_uris_pass(tmp_path: Path) -> None:
+    sqlite3.connect(tmp_path / "m.db").execute("create table t (x)").connection.close()
+    check_store(f"sqlite:///{tmp_path / 'm.db'}", reading=True)
+    check_store(f"sqlite:///{tmp_path / 'new.db'}", reading=False)  # created by the search
+    check_store("postgresql+psycopg2://u@db.example/mlflow", reading=False)
+    with pytest.raises(ConfigError, match="no such database file"):
+        check_store(f"sqlite:///{tmp_path / 'new.db'}", reading=True)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--storage", "FILE"], "--storage FILE: not a folder"),
+        (["--mlflow-uri", "sqlite:///DIR"], "is a folder, not a database file"),
+        (["--mlflow-uri", "gopher://x"], "not a tracking URI"),
+        (["--cache-dir", "FILE"], "cache folder FILE: not a folder"),
+    ],
+)
+def test_the_search_checks_its_outputs_in_the_dry_run(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("x")
+    names = {"FILE": str(tmp_path / "file"), "DIR": str(tmp_path)}
+    flags = [names.get(f, f.replace("DIR", str(tmp_path))) for f in flags]
+    argv = ["shapes", "--dry-run", "--storage", str(tmp_path / "runs"), *flags]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message.replace("FILE", names["FILE"]) in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["orchestrator.train", "shapes", "--out", "FILE/sub"], "--out FILE/sub: not a folder"),
+        (["orchestrator.report", "nothing", "--out", "FILE/r"], "--out FILE/r: not a folder"),
+        (["orchestrator.fid", "shapes", "--save-stats", "FILE/s.npz"], "--save-stats FILE/s.npz: not a"),
+        (["orchestrator.sample", "x", "--out", "FILE/g.png"], "--out FILE/g.png: not a folder"),
+    ],
+)
+def test_other_commands_check_their_outputs_first(command: list[str], message: str, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    argv = [a.replace("FILE", str(tmp_path / "file")) for a in command]
+    proc = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message.replace("FILE", str(tmp_path / "file")) in lines[0], proc.stderr
