@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from orchestrator.errors import ConfigError
+
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
     """Write through a temporary file beside ``path``, then ``os.replace``: a crash never leaves a
@@ -33,8 +35,6 @@ def check_writable_folder(path: Path, what: str) -> Path:
     """``path`` is a folder this process can write in, or one it can create: checked before any
     work, so that an hour's results are never computed and then lost to a bad output path. Raises
     ``ConfigError`` naming ``what`` (e.g. ``--storage runs``) and the reason."""
-    from orchestrator.errors import ConfigError
-
     path = Path(path)
     existing = path
     while not existing.exists():

@@ -109,3 +109,13 @@ def test_identity_is_json_and_names_what_defines_a_search() -> None:
     assert json.loads(json.dumps(identity)) == identity
     assert {"dataset", "resolution", "fid_n", "space_file_sha256", "seed", "num_samples", "max_evals",
             "cpus_per_trial", "gpus_per_trial"} <= set(identity)
+
+
+def test_a_damaged_tune_state_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    start = ["shapes", "--smoke-test", "--name", "s"]
+    _started(tmp_path, start)
+    state = tmp_path / "s" / "experiment_state-2026-12-03_17-00-00.json"
+    state.write_text('{"trial_data": [["{\\"trial_id\\": ')  # cut off mid-write
+    code, err = _run([*start, "--storage", str(tmp_path), "--resume"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"--resume: Tune's state {state} is damaged" in err

@@ -271,6 +271,8 @@ def check_resumable(plan: Plan) -> None:
     except (OSError, ValueError) as err:  # unreadable, not JSON, not UTF-8
         raise ConfigError(f"--resume: cannot read {plan.experiment_dir}/{STATE_FILE}: "
                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    if "://" not in plan.storage:
+        _check_tune_state(Path(plan.experiment_dir))
     started = state.get("identity") if isinstance(state, dict) else None
     if not isinstance(started, dict):
         return  # written before searches recorded their identity: nothing to compare
@@ -284,6 +286,17 @@ def check_resumable(plan: Plan) -> None:
     more = f" (and {', '.join(differ[1:])})" if len(differ) > 1 else ""
     started_as = f"; it was started as: {state['command']}" if state.get("command") else ""
     raise ConfigError(f"--resume: {plan.name} is not the same search: {what}{more}{started_as}")
+
+
+def _check_tune_state(folder: Path) -> None:
+    """Tune's saved experiment state parses: a damaged one would fail the resume with Tune's
+    traceback, after the data and the reference statistics."""
+    for path in sorted(folder.glob("experiment_state*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON (truncated)
+            raise ConfigError(f"--resume: Tune's state {path} is damaged ({str(err).splitlines()[0]}); "
+                              "the search cannot resume from it") from None
 
 
 def git_commit() -> str:

@@ -4,6 +4,7 @@ answer at once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -101,6 +102,13 @@ def run_search(plan: Plan) -> int:
         clock.lap("summary")
         _report_time(plan, clock.seconds)
         return code
+    except BaseException as err:
+        # never left RUNNING by a search that died: KILLED on Ctrl-C, FAILED otherwise (--resume
+        # goes on logging to it, and ends it FINISHED)
+        with contextlib.suppress(Exception):
+            store.end_run(client, state["parent_run_id"], "KILLED" if isinstance(err, KeyboardInterrupt)
+                          else "FAILED")
+        raise
     finally:
         if not plan.address:
             ray.shutdown()  # the local cluster this search started
