@@ -70,3 +70,13 @@ def smoke_search(tmp_path_factory: pytest.TempPathFactory) -> dict:
     experiment = storage / "smoke"
     state = json.loads((experiment / "orchestrator.json").read_text())
     return {"argv": argv, "storage": storage, "experiment_dir": experiment, **state}
+
+
+@pytest.fixture(scope="session")
+def postgres():  # type: ignore[no-untyped-def]
+    """A PostgreSQL server for the session (``servers.Postgres``), stopped and deleted at the end."""
+    from servers import Postgres
+
+    server = Postgres()
+    yield server
+    server.stop()

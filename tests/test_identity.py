@@ -5,6 +5,7 @@ it is checked before any work, in the dry run too; these run the CLI in-process 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -119,3 +120,12 @@ def test_a_damaged_tune_state_is_one_line(tmp_path: Path, capsys: pytest.Capture
     code, err = _run([*start, "--storage", str(tmp_path), "--resume"], capsys)
     assert code == 2 and len(err.splitlines()) == 1
     assert f"--resume: Tune's state {state} is damaged" in err
+
+
+def test_a_trial_this_machine_cannot_hold_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --address the search's own Ray has this machine's CPUs: Tune would wait forever."""
+    too_many = str(2 * (os.cpu_count() or 1))
+    code, err = _run(["shapes", "--cpus-per-trial", too_many, "--storage", str(tmp_path)], capsys)
+    assert code == 2 and f"--cpus-per-trial {too_many}: this machine has {os.cpu_count()} CPUs" in err

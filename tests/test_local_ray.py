@@ -88,3 +88,30 @@ def test_a_search_starts_its_own_ray_beside_a_running_or_dead_one(
         assert ray.cluster_resources()["CPU"] == os.cpu_count()
     finally:
         ray.shutdown()
+
+
+def test_a_trial_that_fits_no_node_stops_the_search_with_one_line(
+    ray_head: tuple[subprocess.Popen[bytes], int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Joined with --address, a cluster whose nodes cannot hold a trial (here one node of 1 CPU, no
+    GPU, asked for a GPU share) is waited for, as an autoscaling one may start a node, then refused;
+    Tune alone would leave the trials PENDING forever."""
+    from orchestrator.errors import ConfigError
+    from orchestrator.search.runner import _wait_for_a_node
+
+    _, port = ray_head
+    plan = make_plan(parse_args(["shapes", "--smoke-test", "--storage", str(tmp_path), "--address",
+                                 f"127.0.0.1:{port}", "--gpus-per-trial", "0.5", "--device", "cpu"]))
+    _start_ray(plan)
+    try:
+        started = time.time()
+        with pytest.raises(ConfigError, match=r"no node of the Ray cluster has 1 CPU \+ 0.5 GPU for a trial "
+                                              r"\(its nodes: 1 CPU \+ 0 GPU\)"):
+            _wait_for_a_node(plan, wait_s=6)
+        assert 6 <= time.time() - started < 30
+        assert "waiting up to 6 s for the cluster to start one" in capsys.readouterr().out
+        fits = make_plan(parse_args(["shapes", "--smoke-test", "--storage", str(tmp_path), "--address",
+                                     f"127.0.0.1:{port}", "--gpus-per-trial", "0", "--cpus-per-trial", "1"]))
+        _wait_for_a_node(fits, wait_s=0)  # returns at once
+    finally:
+        ray.shutdown()

@@ -1,8 +1,8 @@
 """What a user sees in the MLflow UI after a search: a real ``mlflow server`` on 127.0.0.1 over the smoke
 search's runs, opened in headless Chromium (Debian's ``chromium`` and ``chromium-driver``, which the
-README's test command installs: ``tests/install-browser.sh``). Every test saves screenshots in its
-tmp dir; with ORCHESTRATOR_SCREENSHOTS=DIR set they also go to DIR, which is how the README's images
-are made:
+README's test command installs: ``tests/install-system-deps.sh``). Every test saves screenshots in
+its tmp dir; with ORCHESTRATOR_SCREENSHOTS=DIR set they also go to DIR, which is how the README's
+images are made:
 
     ORCHESTRATOR_SCREENSHOTS=docs/images pytest tests/test_mlflow_ui.py
 """
@@ -104,7 +104,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
     if missing:
         pytest.fail(f"{' and '.join(missing)} not found: the MLflow UI test needs Debian's chromium and "
-                    "chromium-driver: bash tests/install-browser.sh (a step of the README's test command)",
+                    "chromium-driver: bash tests/install-system-deps.sh (part of the README's test command)",
                     pytrace=False)
     if SELENIUM_MISSING is not None:
         pytest.fail(f"selenium is not installed ({SELENIUM_MISSING}): pip install -e '.[dev]'", pytrace=False)

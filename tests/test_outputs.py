@@ -112,3 +112,29 @@ def test_other_commands_check_their_outputs_first(command: list[str], message: s
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message.replace("FILE", str(tmp_path / "file")) in lines[0], proc.stderr
+
+
+def test_a_database_that_does_not_answer_is_one_line_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from servers import free_port
+
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/mlflow"
+    for flag in ("--mlflow-uri", "--study-storage"):
+        argv = ["shapes", "--smoke-test", "--storage", str(tmp_path / "runs"), flag, dead]
+        assert cli_main([*argv, "--dry-run"]) == 0  # the dry run contacts nothing
+        capsys.readouterr()
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{flag} {dead}: the database does not answer (" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_database_that_answers_passes(postgres) -> None:  # type: ignore[no-untyped-def]
+    from orchestrator.search.tracking.store import check_database, check_tracking_server
+
+    url = postgres.database("answers")
+    check_database(url, "--study-storage")
+    check_tracking_server(url)
+    with pytest.raises(ConfigError, match="the database does not answer"):
+        check_database(f"{postgres.url}/no_such_database")

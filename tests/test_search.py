@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -88,31 +89,60 @@ def test_smoke_search_against_tracking_server(tmp_path: Path, mlflow_server: str
     assert len(runs) == 5
 
 
-def _completed_trials(db: Path) -> int:
-    if not db.exists():
-        return 0
+def _completed_trials(uri: str) -> int:
+    """Trial runs tagged completed in the store at ``uri``, read without MLflow's client (which
+    would create the sqlite file or its tables before the search does)."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not db.exists():
+            return 0
+        try:
+            with sqlite3.connect(db, timeout=1) as con:
+                rows = con.execute("select count(*) from tags where key = 'outcome' and value = 'completed'")
+                return rows.fetchone()[0]
+        except sqlite3.Error:
+            return 0
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(uri)
     try:
-        with sqlite3.connect(db, timeout=1) as con:
-            rows = con.execute("select count(*) from tags where key = 'outcome' and value = 'completed'")
-            return rows.fetchone()[0]
-    except sqlite3.Error:
+        with engine.connect() as con:
+            rows = con.execute(sqlalchemy.text(
+                "select count(*) from tags where key = 'outcome' and value = 'completed'"))
+            return int(rows.scalar() or 0)
+    except sqlalchemy.exc.SQLAlchemyError:  # the search has not made its tables yet
         return 0
+    finally:
+        engine.dispose()
 
 
-def test_killed_search_resumes_without_rerunning(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """Where a search keeps its MLflow runs and Optuna study: the zero-setup default (sqlite files
+    beside the results), or a PostgreSQL server, as a team runs it (issue 16)."""
+    if request.param == "sqlite":
+        return {"flags": [], "mlflow": None, "optuna": None}
+    server = request.getfixturevalue("postgres")
+    suffix = tmp_path.name.replace("-", "_").lower()
+    mlflow_uri, optuna_uri = server.database(f"mlflow_{suffix}"), server.database(f"optuna_{suffix}")
+    return {"flags": ["--mlflow-uri", mlflow_uri, "--study-storage", optuna_uri],
+            "mlflow": mlflow_uri, "optuna": optuna_uri}
+
+
+def test_killed_search_resumes_without_rerunning(tmp_path: Path, backend: dict[str, Any]) -> None:
     storage, name = tmp_path / "runs", "killed"
-    args = ["shapes", "--smoke-test", "--storage", str(storage), "--name", name]
+    args = ["shapes", "--smoke-test", "--storage", str(storage), "--name", name, *backend["flags"]]
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.search", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    db = storage / name / "mlflow.db"
+    uri = backend["mlflow"] or f"sqlite:///{storage / name / 'mlflow.db'}"
     deadline = time.time() + 600
-    while _completed_trials(db) < 1 and time.time() < deadline and proc.poll() is None:
+    while _completed_trials(uri) < 1 and time.time() < deadline and proc.poll() is None:
         time.sleep(2)
     time.sleep(5)  # into the second trial
     assert proc.poll() is None, "the search ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    client = MlflowClient(f"sqlite:///{db}")
+    client = MlflowClient(uri)
     state = json.loads((storage / name / "orchestrator.json").read_text())
     before = {c.data.tags["trial_id"]: _steps(client, c.info.run_id)
               for c in _children(client, state["experiment_id"], state["parent_run_id"])}
@@ -135,10 +165,12 @@ def test_killed_search_resumes_without_rerunning(tmp_path: Path) -> None:
         assert _steps(client, after[trial].info.run_id) == [40, 80, 120]
     table = pd.read_csv(storage / name / "results.csv")
     assert len(table) == 4 and set(table["trial_id"]) == set(after)
+    assert client.get_run(state["parent_run_id"]).info.status == "FINISHED"
     # the resumed search went on with the same Optuna study: its start points were enqueued once
     import optuna
 
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{storage / name / 'optuna.db'}")
+    study = optuna.load_study(study_name=name,
+                              storage=backend["optuna"] or f"sqlite:///{storage / name / 'optuna.db'}")
     starts = [t for t in study.trials if "fixed_params" in t.system_attrs]
     assert len(starts) == 2, [t.params for t in starts]  # the space's start point and the smoke's weak one
     done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
@@ -260,13 +292,14 @@ def test_failed_trial_is_stopped_tagged_and_counted(
     assert client.get_run(state["parent_run_id"]).data.tags["best_run_id"] == good.info.run_id
 
 
-def test_tracking_server_down_for_a_while_loses_nothing(tmp_path: Path) -> None:
+def test_tracking_server_down_for_a_while_loses_nothing(tmp_path: Path, backend: dict[str, Any]) -> None:
     """The server dies after the first metrics arrive and comes back 20 s later: the trials keep
-    training, the search completes, and every evaluation of every trial is in MLflow once."""
+    training, the search completes, and every evaluation of every trial is in MLflow once. The
+    server keeps its runs in a sqlite file, or in PostgreSQL (with the Optuna study)."""
     import threading
 
     port = free_port()
-    server = {"proc": start_server(tmp_path, port)}
+    server = {"proc": start_server(tmp_path, port, backend["mlflow"])}
     uri = f"http://127.0.0.1:{port}"
 
     def outage() -> None:
@@ -280,7 +313,7 @@ def test_tracking_server_down_for_a_while_loses_nothing(tmp_path: Path) -> None:
             time.sleep(1)
         stop_server(server["proc"])
         time.sleep(20)
-        server["proc"] = start_server(tmp_path, port)
+        server["proc"] = start_server(tmp_path, port, backend["mlflow"])
 
     thread = threading.Thread(target=outage)
     thread.start()
@@ -288,7 +321,8 @@ def test_tracking_server_down_for_a_while_loses_nothing(tmp_path: Path) -> None:
     try:
         code = main(["shapes", "--storage", str(storage), "--name", "outage", "--mlflow-uri", uri,
                      "--num-samples", "2", "--max-concurrent", "2", "--cpus-per-trial", "1",
-                     "--max-evals", "6", "--eval-every", "10", "--fid-n", "32", "--limit", "500"])
+                     "--max-evals", "6", "--eval-every", "10", "--fid-n", "32", "--limit", "500",
+                     *(["--study-storage", backend["optuna"]] if backend["optuna"] else [])])
         thread.join(timeout=400)
         assert code == 0
         state = json.loads((storage / "outage" / "orchestrator.json").read_text())

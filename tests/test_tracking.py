@@ -30,7 +30,7 @@ class FakeTrial:
 def test_first_result_creates_the_run_dated_from_the_trial_start(tmp_path: Path) -> None:
     uri = default_tracking_uri(tmp_path)
     client = MlflowClient(uri)
-    experiment = ensure_experiment(client, "t", tmp_path / "artifacts")
+    experiment = ensure_experiment(client, "t", (tmp_path / "artifacts").as_uri())
     parent = start_parent_run(client, experiment, "search", {}, {})
     logger = pickle.loads(pickle.dumps(MlflowTrialLogger(uri, experiment, parent, max_evals=3)))
     started = time.time() - 60

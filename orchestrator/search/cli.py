@@ -16,7 +16,7 @@ from orchestrator.cli import UsageParser, add_run_flags, count, positive, retrie
 from orchestrator.data import dataset as datasets
 from orchestrator.data import sources
 from orchestrator.search.plan import check_new, check_outputs, check_resumable, make_plan, print_plan
-from orchestrator.search.tracking.store import check_tracking_server
+from orchestrator.search.tracking.store import check_database, check_tracking_server
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -77,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_plan(plan)
         return 0
     check_tracking_server(plan.tracking_uri)
+    check_database(plan.study_storage, "--study-storage")
     from orchestrator.search.runner import run_search  # heavy imports (ray, mlflow) only past validation
 
     return run_search(plan)

@@ -103,6 +103,12 @@ def make_plan(args: argparse.Namespace) -> Plan:
     max_evals = args.max_evals or overlay.get("max_evals") or budget.max_evals
     max_concurrent = args.max_concurrent or overlay.get("max_concurrent") or 4
     cpus = args.cpus_per_trial or (1.0 if gpus else float(max(1, (os.cpu_count() or 1) // max_concurrent)))
+    if not args.address and cpus > (os.cpu_count() or 1):  # Tune would wait for it forever
+        raise ConfigError(f"--cpus-per-trial {cpus:g}: this machine has {os.cpu_count()} CPUs, so no trial "
+                          "could start; lower it, or pass --address of a cluster with larger nodes")
+    if not args.address and gpus > 1 and gpus > _gpu_count():
+        raise ConfigError(f"--gpus-per-trial {gpus:g}: this machine has {_gpu_count()} GPUs, so no trial "
+                          "could start")
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
     if "://" in storage and not args.mlflow_uri:
         raise ConfigError("remote --storage needs --mlflow-uri (a sqlite store cannot live there)")
@@ -158,6 +164,12 @@ def _with_weak_start(space: SearchSpace) -> SearchSpace:
 def _default_gpu_share(address: str | None) -> float:
     # 4 trials per GPU: small GANs leave a GPU mostly idle (see bench/RESULTS.md)
     return 0.25 if address or _cuda_visible() else 0.0
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def _cuda_visible() -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from orchestrator.data import dataset as datasets
+from orchestrator.errors import ConfigError
 from orchestrator.gan.placement import resolve_device
 from orchestrator.metrics.diversity import real_reference
 from orchestrator.metrics.health import FAILED, outcome
@@ -74,6 +75,7 @@ def run_search(plan: Plan) -> int:
     clock.lap("reference")
 
     _start_ray(plan)
+    _wait_for_a_node(plan)
     tracking_uri = plan.tracking_uri or _local_tracking_uri(plan)
     client = store.connect(tracking_uri)
     identity = {"data_key": data.key, "fid_network": extractor.name, "fid_reference_n": str(reference.n)}
@@ -129,6 +131,33 @@ def _start_ray(plan: Plan) -> None:
     ray.init(address="local", include_dashboard=False, num_cpus=os.cpu_count())
 
 
+PLACEMENT_WAIT_S = 600  # on a cluster, how long a search waits for a node a trial fits on
+
+
+def _wait_for_a_node(plan: Plan, wait_s: float = PLACEMENT_WAIT_S) -> None:
+    """A trial fits on some node of the cluster, or the search stops with one line: Tune would
+    leave every trial PENDING forever. An autoscaling cluster may start such a node: on one joined
+    with ``--address`` the search says so and waits up to ``wait_s``; its own local Ray is final."""
+    import ray
+
+    need = {"CPU": plan.resources["cpu"], "GPU": plan.resources["gpu"]}
+    deadline = time.time() + (wait_s if plan.address else 0)
+    said = False
+    while True:
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        if any(all(resources.get(k, 0) >= v for k, v in need.items() if v) for resources in nodes):
+            return
+        if time.time() >= deadline:
+            have = "; ".join(f"{r.get('CPU', 0):g} CPU + {r.get('GPU', 0):g} GPU" for r in nodes) or "none"
+            raise ConfigError(f"no node of the Ray cluster has {need['CPU']:g} CPU + {need['GPU']:g} GPU for "
+                              f"a trial (its nodes: {have}); lower --cpus-per-trial / --gpus-per-trial")
+        if not said:
+            print(f"ray: no node has {need['CPU']:g} CPU + {need['GPU']:g} GPU for a trial yet; waiting up "
+                  f"to {wait_s:.0f} s for the cluster to start one")
+            said = True
+        time.sleep(5)
+
+
 def _local_ray_cluster() -> str | None:
     """The address ``ray start`` registered on this machine, when something answers there."""
     try:
@@ -175,8 +204,12 @@ def _local_tracking_uri(plan: Plan) -> str:
 def _parent_run(plan: Plan, client: Any, uri: str, identity: dict[str, str]) -> dict[str, Any]:
     if plan.resume:
         return read_state(plan)
-    artifact_dir = None if plan.tracking_uri else Path(plan.experiment_dir) / "mlartifacts"
-    experiment_id = store.ensure_experiment(client, plan.name, artifact_dir)
+    # a server keeps the artifacts itself; with a database (or the sqlite file) they go beside the
+    # results, where Tune's storage is (a folder here, or s3://... on a cluster)
+    artifacts = f"{plan.experiment_dir}/mlartifacts"
+    location = None if store.is_server(uri) else (
+        artifacts if "://" in artifacts else Path(artifacts).resolve().as_uri())
+    experiment_id = store.ensure_experiment(client, plan.name, location)
     params = {
         "dataset": plan.settings.dataset, "resolution": plan.settings.resolution,
         "num_samples": plan.num_samples, "max_evals": plan.max_evals, "eval_every": plan.settings.eval_every,

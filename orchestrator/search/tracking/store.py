@@ -76,9 +76,34 @@ def check_store(uri: str, reading: bool) -> None:
         check_writable_folder(path.parent, f"--mlflow-uri {uri}")
 
 
+def is_server(uri: str) -> bool:
+    """An MLflow tracking server (which keeps the artifacts itself), not a database."""
+    return uri.startswith(("http://", "https://", "databricks"))
+
+
+def check_database(uri: str | None, flag: str = "--mlflow-uri") -> None:
+    """A database URL (PostgreSQL, MySQL) answers within 10 s, with its driver installed: one line
+    otherwise, before any work. sqlite and servers are checked elsewhere."""
+    if not uri or uri.split("://", 1)[0].split("+", 1)[0] not in ("postgresql", "mysql", "mssql"):
+        return
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": 10})
+        with engine.connect():
+            pass
+    except ModuleNotFoundError as err:
+        raise ConfigError(f"{flag} {uri}: the database driver {err.name!r} is missing: pip install -e "
+                          "'.[postgres]'") from None
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        reason = " ".join(str(getattr(err, "orig", None) or err).split())[:200]
+        raise ConfigError(f"{flag} {uri}: the database does not answer ({reason})") from None
+
+
 def check_tracking_server(uri: str | None) -> None:
-    """A tracking server that does not answer is bad input: one line now, not a traceback after
-    the data and the reference statistics are done."""
+    """A tracking server or database that does not answer is bad input: one line now, not a
+    traceback after the data and the reference statistics are done."""
+    check_database(uri)
     if not uri or not uri.startswith(("http://", "https://")):
         return
     import urllib.error
@@ -113,12 +138,11 @@ def connect(uri: str) -> MlflowClient:
     return MlflowClient(uri)
 
 
-def ensure_experiment(client: MlflowClient, name: str, artifact_dir: Path | None) -> str:
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = artifact_dir.resolve().as_uri() if artifact_dir is not None else None
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=artifact_location)
 
 
 def start_parent_run(
