@@ -37,9 +37,7 @@ DRIVER_ENVIRONMENT = {
     "RAY_AIR_NEW_OUTPUT": "0",
     # a down tracking server must cost the driver's loop seconds, not minutes of retries: the trial
     # logger buffers what fails and retries it on the next result
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    **store.BOUNDED_HTTP,
     # Tune saves its experiment state at most every 10 s by default, while a trial may checkpoint
     # twice in that time and num_to_keep deletes the older: a driver killed then resumed from a
     # state naming a deleted checkpoint, and that trial failed. Once a second (a save takes about

@@ -30,6 +30,9 @@ IMAGE_KEY = "samples"  # flat: keys with "/" have produced unreadable image arti
 CHECKPOINT_FOLDER = "checkpoint"  # on a trial's run: the last generator its trial saved
 
 
+# MLflow's HTTP client retries a down server for minutes by default: every command bounds it
+BOUNDED_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 # what MLflow can track to (a "+driver" suffix allowed: postgresql+psycopg2://...)
 STORE_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "file", "databricks")
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -45,6 +48,8 @@ def tracking_uri(flag: str | None, needer: str) -> str:
                           "sqlite:///STORAGE/NAME/mlflow.db)")
     check_store(uri, reading=True)
     check_tracking_server(uri)
+    for key, value in BOUNDED_HTTP.items():  # before MLflow's client reads them
+        os.environ.setdefault(key, value)
     return uri
 
 
