@@ -69,6 +69,7 @@ def test_a_resume_must_be_the_same_search(
         (["--seed", "3"], "it started with seed 0, this command gives 3"),
         (["--num-samples", "9"], "it started with num_samples 4, this command gives 9"),
         (["--limit", "500"], "it started with limit 2000, this command gives 500"),
+        (["--mlflow-uri", "http://127.0.0.1:5000"], "it started with mlflow_uri None, this command gives 'h"),
         # more at once: each trial gets a smaller CPU share, and the line names both
         (["--max-concurrent", "2"], "it started with cpus_per_trial "),
     ]:

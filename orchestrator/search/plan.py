@@ -247,6 +247,8 @@ def search_identity(plan: Plan) -> dict[str, Any]:
         "device": s.device, "precision": s.precision, "cpus_per_trial": plan.resources["cpu"],
         "gpus_per_trial": plan.resources["gpu"], "max_concurrent": plan.max_concurrent,
         "fid_weights": plan.fid_weights,
+        # where its runs and its study are: a resume elsewhere would not find them
+        "mlflow_uri": plan.tracking_uri, "study_storage": plan.study_storage,
     }
 
 
