@@ -119,8 +119,6 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
 def run_settings(args: argparse.Namespace, **fields: Any) -> RunSettings:
     """``RunSettings`` from ``add_run_flags``'s flags; ``fields`` are what each command decides
     itself (resolution, budget, device), and override the flags' values (a smoke test's limit)."""
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError(f"--limit {args.limit} must be at least 1")
     flags = {
         "dataset": args.dataset,
         "data_root": args.data_root,

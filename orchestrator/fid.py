@@ -167,8 +167,6 @@ def _validate(args: argparse.Namespace) -> None:
         raise ConfigError("give two sources, or one with --save-stats OUT.npz")
     if args.n is not None and args.n < 2:
         raise ConfigError(f"--n {args.n}: FID needs at least 2 images")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size {args.batch_size} must be at least 1")
     if args.save_stats is not None and args.save_stats.suffix != ".npz":
         raise ConfigError(f"--save-stats {str(args.save_stats)!r} must end in .npz")
     if args.save_stats is not None:

@@ -70,11 +70,6 @@ def make_plan(args: argparse.Namespace) -> Plan:
     budget = space.budget
     if args.smoke_test:
         space = _with_weak_start(space)
-    for flag in ("num_samples", "max_evals", "eval_every", "fid_n", "max_concurrent", "cpus_per_trial",
-                 "grace_period"):
-        value = getattr(args, flag)
-        if value is not None and value <= 0:
-            raise ConfigError(f"--{flag.replace('_', '-')} {value} must be positive")
     if args.reduction_factor is not None and not args.reduction_factor >= 2:
         raise ConfigError(f"--reduction-factor {args.reduction_factor:g} must be at least 2")
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else _default_gpu_share(args.address)
