@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +19,10 @@ import pandas as pd
 from orchestrator.atomic import check_writable_folder
 from orchestrator.cli import UsageParser, path_arg, run_main
 from orchestrator.errors import ConfigError
-from orchestrator.metrics.health import FAILED
 from orchestrator.metrics.registry import Objective, objective_named
-from orchestrator.search.tracking.store import read_search, tracking_uri
-
-_NUMBER = "{:.4g}".format
-
-
-@dataclass(frozen=True)
-class Trials:
-    """What both sources give: one row per trial (``trial_id``, ``outcome``, ``failure_mode``,
-    ``best_<key>``, ``evals``, ``seconds``, ``config/<name>``...) and how to read it."""
-
-    table: pd.DataFrame
-    goal: Objective  # what the search ranked on: FID at its N
-    unit: str  # "GPU" or "CPU": what a trial's seconds were spent on
-    share: float  # of a GPU (or CPUs) per trial, to turn wall seconds into device seconds
-    name: str
+from orchestrator.search.reporting import NUMBER, Trials, pictures_beside, write_report
+from orchestrator.search.tracking.store import read_pictures, read_search, tracking_uri
+from orchestrator.search.tradeoff import describe_pick
 
 
 def build_parser() -> UsageParser:
@@ -62,38 +48,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         uri = tracking_uri(args.mlflow_uri, f"{args.experiment!r} is no folder; as an MLflow experiment it")
         trials = from_mlflow(args.experiment, uri)
         prefix = Path(f"report-{trials.name}")
-    report = present(trials)
     prefix = args.out or prefix
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    report.to_csv(prefix.with_name(prefix.name + ".csv"), index=False)
-    report.to_html(prefix.with_name(prefix.name + ".html"), index=False, na_rep="", float_format=_NUMBER)
+    report = write_report(trials, prefix)
     with pd.option_context("display.max_columns", None, "display.width", 200):
-        print(report.to_string(index=False, float_format=_NUMBER))
-    print(f"{len(report)} trials of {trials.name}; written to {prefix}.csv and {prefix}.html")
+        print(report.to_string(index=False, float_format=NUMBER))
+    if pick := describe_pick(report.assign(outcome=report["outcome"].str.split(" ").str[0]),
+                             f"best_{trials.goal.key}", trials.cost, trials.unit, trials.goal.mode):
+        print(pick)
+    print(f"{len(report)} trials of {trials.name}; written to {prefix}.csv and {prefix}.html "
+          f"(with its pictures: open it in a browser)")
     return 0
-
-
-def present(trials: Trials) -> pd.DataFrame:
-    """The table people read: trial, outcome, FID, the hyperparameters that differ between trials,
-    device seconds; sorted by FID, failed trials last."""
-    table, fid = trials.table, f"best_{trials.goal.key}"
-    config = [c for c in table.columns if c.startswith("config/")]
-    varying = [c for c in config if table[c].astype(str).nunique() > 1] or config
-    outcome = table["outcome"].where(table["failure_mode"].fillna("") == "",
-                                     table["outcome"] + " (" + table["failure_mode"].astype(str) + ")")
-    report = pd.DataFrame({
-        "trial": table["trial_id"].astype(str),
-        "outcome": outcome,
-        fid: table[fid].astype(float),
-        "evals": table["evals"].astype(int),
-        **{c.removeprefix("config/"): table[c] for c in varying},
-        f"{trials.unit.lower()}_seconds": table["seconds"].astype(float) * trials.share,
-        **({"run_id": table["run_id"]} if "run_id" in table else {}),
-    })
-    failed = table["outcome"] == FAILED
-    order = pd.DataFrame({"failed": failed, "fid": report[fid]}).sort_values(
-        ["failed", "fid"], ascending=[True, trials.goal.mode == "min"], kind="stable")
-    return report.loc[order.index].reset_index(drop=True)
 
 
 def from_tune(folder: Path) -> Trials:
@@ -102,7 +67,7 @@ def from_tune(folder: Path) -> Trials:
         raise ConfigError(f"{folder}: not a Tune experiment folder (no experiment_state-*.json)")
     from ray.tune import ExperimentAnalysis, ResultGrid
 
-    from orchestrator.search.runner import results_table
+    from orchestrator.search.summary import results_table
 
     analysis = ExperimentAnalysis(str(folder.resolve()))  # pyarrow reads a relative path as a URI
     goal = _objective([t.last_result or {} for t in analysis.trials], folder)
@@ -115,7 +80,8 @@ def from_tune(folder: Path) -> Trials:
     factory = analysis.trials[0].placement_group_factory
     resources: dict[str, float] = factory.required_resources if factory is not None else {}
     gpu = float(resources.get("GPU", 0.0))
-    return Trials(table, goal, "GPU" if gpu else "CPU", gpu or float(resources.get("CPU", 1.0)), folder.name)
+    return Trials(table, goal, "GPU" if gpu else "CPU", gpu or float(resources.get("CPU", 1.0)), folder.name,
+                  *pictures_beside(folder))
 
 
 def from_mlflow(experiment: str, uri: str) -> Trials:
@@ -131,7 +97,8 @@ def from_mlflow(experiment: str, uri: str) -> Trials:
     goal = objective_named(search.key)
     if goal is None:
         raise ConfigError(f"{experiment}: the search ranked on {search.key!r}, no FID this version reports")
-    return Trials(table, goal, "GPU" if gpu else "CPU", share, search.name)
+    thumbnails, figures = read_pictures(uri, search)
+    return Trials(table, goal, "GPU" if gpu else "CPU", share, search.name, thumbnails, figures)
 
 
 def _objective(metrics: list[dict[str, Any]], folder: Path) -> Objective:

@@ -130,3 +130,29 @@ def test_a_trial_this_machine_cannot_hold_is_refused(
     too_many = str(2 * (os.cpu_count() or 1))
     code, err = _run(["shapes", "--cpus-per-trial", too_many, "--storage", str(tmp_path)], capsys)
     assert code == 2 and f"--cpus-per-trial {too_many}: this machine has {os.cpu_count()} CPUs" in err
+
+
+@pytest.mark.integration  # starts Ray and MLflow: deselected by a plain `pytest`
+@pytest.mark.parametrize("error, status", [(RuntimeError("a bug inside Tune's loop"), "FAILED"),
+                                           (KeyboardInterrupt(), "KILLED")])
+def test_a_search_that_dies_ends_its_parent_run(
+    error: BaseException, status: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never left RUNNING in MLflow: a crash ends the search's run FAILED, Ctrl-C KILLED."""
+    from mlflow import MlflowClient
+    from ray import tune
+
+    def die(self: object) -> None:
+        raise error
+
+    monkeypatch.setattr(tune.Tuner, "fit", die)
+    storage = tmp_path / "runs"
+    argv = ["shapes", "--smoke-test", "--name", "dies", "--storage", str(storage)]
+    if isinstance(error, KeyboardInterrupt):
+        assert cli_main(argv) == 130
+    else:
+        with pytest.raises(RuntimeError, match="a bug inside"):
+            cli_main(argv)
+    state = json.loads((storage / "dies" / STATE_FILE).read_text())
+    run = MlflowClient(state["tracking_uri"]).get_run(state["parent_run_id"])
+    assert run.info.status == status

@@ -75,7 +75,9 @@ def ui_url(smoke_search: dict, tmp_path_factory: pytest.TempPathFactory) -> Iter
     log = folder / "server.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+            # the README's way: MLflow's server with this package's page script (ui_app.py)
+            [sys.executable, "-m", "mlflow", "server", "--app-name", "orchestrator", "--host", "127.0.0.1",
+             "--port", str(port),
              "--backend-store-uri", smoke_search["tracking_uri"], "--workers", "1"],
             cwd=folder, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"},
@@ -221,6 +223,36 @@ def _step(artifact: str) -> int | None:
     """The step in the name MLflow gives a grid logged with ``log_image(key=..., step=...)``."""
     found = re.search(r"step\W(\d+)\W", unquote(artifact))
     return int(found.group(1)) if found else None
+
+
+def test_the_experiment_list_opens_the_search_on_its_runs_best_first(
+    browser: Any, ui_url: str, smoke_search: dict, screenshot: Callable[..., Path]
+) -> None:
+    """Where a user starts: the experiment list of a browser that never saw MLflow, one click."""
+    client = MlflowClient(smoke_search["tracking_uri"])
+    browser.get(f"{ui_url}/")
+    browser.execute_script("window.localStorage.clear()")  # as a first visit: MLflow's switch unset
+    _open(browser, f"{ui_url}/", "//a[normalize-space(.)='smoke']", "the search in the experiment list")
+    _click(browser, "//a[normalize-space(.)='smoke']", "the search's name")
+    best_first = f"orderByKey=metrics.%60{FID}_best%60&orderByAsc=true"
+    _wait(browser, lambda d: f"/experiments/{smoke_search['experiment_id']}/runs?" in d.current_url
+          and best_first in d.current_url, "the runs table, sorted by FID")
+    parent = smoke_search["parent_run_id"]
+    _find(browser, _row(parent), "the search's run")
+    trials = sorted(_trials(client, smoke_search), key=lambda t: t.data.metrics[f"{FID}_best"])
+    if not browser.find_elements(By.XPATH, _row(trials[0].info.run_id)):  # nested under the search, closed
+        _click(browser, f"{_cell(parent, 'attributes.`Run Name`')}//button", "the search run's expander")
+
+    def shown_order(driver: Any) -> Any:
+        rows = driver.find_elements(By.XPATH, "//*[@role='row'][@row-id]")
+        rows = sorted(rows, key=lambda r: int(r.get_attribute("row-index")))  # the grid's order, not DOM's
+        ids = [r.get_attribute("row-id") for r in rows]
+        order = [i for i in ids if i != parent]
+        return order if len(order) == len(trials) else None
+
+    assert _wait(browser, shown_order, "the trials' rows") == [t.info.run_id for t in trials]
+    assert browser.find_elements(By.XPATH, "//*[normalize-space(.)='Sort: fid128_best']")
+    screenshot("mlflow-landing", down_to=_row(trials[-1].info.run_id))
 
 
 def test_runs_table_lists_the_trials_with_their_fid(

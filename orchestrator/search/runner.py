@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import shlex
 import socket
@@ -15,17 +14,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from orchestrator.data import dataset as datasets
 from orchestrator.errors import ConfigError
 from orchestrator.gan.placement import resolve_device
 from orchestrator.metrics.diversity import real_reference
-from orchestrator.metrics.health import FAILED, outcome
 from orchestrator.metrics.inception import load_inception
-from orchestrator.metrics.registry import Objective, objective
+from orchestrator.metrics.registry import objective
 from orchestrator.search.plan import Plan, git_commit, print_plan, read_state, search_identity, write_state
-from orchestrator.search.schema import walk_params
+from orchestrator.search.reporting import SHEETS_FOLDER
+from orchestrator.search.sheets import milestones
+from orchestrator.search.summary import beside_results, summarise
 from orchestrator.search.tracking import store
 
 log = logging.getLogger("orchestrator.search")
@@ -55,6 +53,7 @@ def run_search(plan: Plan) -> int:
     import ray
     from ray import tune
 
+    from orchestrator.search.tracking.sheet_logger import ContactSheetLogger
     from orchestrator.search.tracking.trial_logger import MlflowTrialLogger
 
     weights, spec = plan.fid_weights, datasets.spec_for(plan.settings)
@@ -79,6 +78,10 @@ def run_search(plan: Plan) -> int:
     identity = {"data_key": data.key, "fid_network": extractor.name, "fid_reference_n": str(reference.n)}
     state = _parent_run(plan, client, tracking_uri, identity)
     logger = MlflowTrialLogger(tracking_uri, state["experiment_id"], state["parent_run_id"], plan.max_evals)
+    sheet_logger = ContactSheetLogger(
+        beside_results(plan) / SHEETS_FOLDER, objective(plan.settings.fid_n).key,
+        milestones(plan.grace_period, plan.reduction_factor, plan.max_evals), plan.max_evals,
+        _leading_params(plan)[:4], tracking_uri, state["parent_run_id"], plan.name)
 
     from orchestrator.search.trainable import GanTrainable
 
@@ -95,10 +98,10 @@ def run_search(plan: Plan) -> int:
                                        resume_errored=True)
         else:
             tuner = tune.Tuner(trainable, tune_config=_tune_config(plan),
-                               run_config=_run_config(plan, logger))
+                               run_config=_run_config(plan, [logger, sheet_logger]))
         results = tuner.fit()
         clock.lap("trials")
-        code = _summarise(plan, results, client, state, time.time() - started)
+        code = summarise(plan, results, client, state, time.time() - started)
         clock.lap("summary")
         _report_time(plan, clock.seconds)
         return code
@@ -207,7 +210,8 @@ def _parent_run(plan: Plan, client: Any, uri: str, identity: dict[str, str]) -> 
     artifacts = f"{plan.experiment_dir}/mlartifacts"
     location = None if store.is_server(uri) else (
         artifacts if "://" in artifacts else Path(artifacts).resolve().as_uri())
-    experiment_id = store.ensure_experiment(client, plan.name, location)
+    goal = objective(plan.settings.fid_n)
+    experiment_id = store.ensure_experiment(client, plan.name, location, goal.best_key)
     params = {
         "dataset": plan.settings.dataset, "resolution": plan.settings.resolution,
         "num_samples": plan.num_samples, "max_evals": plan.max_evals, "eval_every": plan.settings.eval_every,
@@ -219,7 +223,7 @@ def _parent_run(plan: Plan, client: Any, uri: str, identity: dict[str, str]) -> 
         **identity,
     }
     tags = {"git_commit": git_commit(), "space_file": str(plan.space.path),
-            store.METRIC_TAG: objective(plan.settings.fid_n).best_key, **identity}
+            store.METRIC_TAG: goal.best_key, **identity}
     run_id = store.start_parent_run(client, experiment_id, plan.name, params, tags)
     store.log_file(client, run_id, plan.space.path, "search")
     state = {"experiment_id": experiment_id, "parent_run_id": run_id, "tracking_uri": uri,
@@ -253,7 +257,7 @@ def _tune_config(plan: Plan) -> Any:
     )
 
 
-def _run_config(plan: Plan, logger: Any) -> Any:
+def _run_config(plan: Plan, loggers: list[Any]) -> Any:
     from ray import tune
 
     from orchestrator.search.history import KeepTrialHistory
@@ -268,7 +272,7 @@ def _run_config(plan: Plan, logger: Any) -> Any:
             checkpoint_frequency=1,
         ),
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
-        callbacks=[logger, KeepTrialHistory()],
+        callbacks=[*loggers, KeepTrialHistory()],
         progress_reporter=tune.CLIReporter(
             metric_columns=[goal.key, goal.best_key, "d_loss", "g_loss", "img_per_s",
                             "training_iteration"],
@@ -288,120 +292,3 @@ def _leading_params(plan: Plan) -> list[str]:
 
 def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"  # short: Tune's default spells out every hyperparameter
-
-
-def results_table(results: Any, goal: Objective, max_evals: int) -> pd.DataFrame:
-    """One row per trial: outcome, the best and last value of ``goal`` (FID at its N), evaluations,
-    compute, hyperparameters; best first. ``max_evals`` tells a completed trial from one stopped
-    early."""
-    key = goal.key
-    rows = []
-    for result in results:
-        history = result.metrics_dataframe
-        fids = history[key] if history is not None and key in history else pd.Series(dtype=float)
-        last = result.metrics or {}
-        evals = int(last.get("training_iteration", 0))
-        mode = last.get("failure_mode") or ("error" if result.error else "")
-        rows.append({
-            "trial_id": last.get("trial_id", ""), "outcome": outcome(bool(mode), evals, max_evals),
-            "failure_mode": mode,
-            f"best_{key}": goal.best(fids),
-            f"last_{key}": float(fids.iloc[-1]) if len(fids) else goal.worst,
-            "evals": evals, "steps": int(last.get("step", 0)),
-            "seconds": float(last.get("time_total_s", 0.0)),
-            "started": float(last.get("started_at", math.nan)),
-            "ended": float(last.get("reported_at", math.nan)),
-            "failure": last.get("failure", "") or (str(result.error).splitlines()[0] if result.error else ""),
-            **{f"config/{k}": v for k, v in (result.config or {}).items()},
-            "path": result.path,
-        })
-    table = pd.DataFrame(rows).sort_values(f"best_{key}", ascending=goal.mode == "min", kind="stable")
-    return table.reset_index(drop=True)
-
-
-def _summarise(plan: Plan, results: Any, client: Any, state: dict[str, Any], wall: float) -> int:
-    goal = objective(plan.settings.fid_n)
-    key = goal.key
-    table = results_table(results, goal, plan.max_evals)
-    trial_ids = set(table["trial_id"].astype(str))
-    store.mark_lost_runs(client, state["experiment_id"], state["parent_run_id"], trial_ids)
-    csv = Path(plan.experiment_dir) / "results.csv" if "://" not in plan.storage else Path("results.csv")
-    table.to_csv(csv, index=False)
-    parent = state["parent_run_id"]
-    store.log_file(client, parent, csv)
-    counts = table["outcome"].value_counts().to_dict()
-    device_hours = table["seconds"].sum() / 3600 * (plan.resources["gpu"] or plan.resources["cpu"])
-    unit = "GPU" if plan.resources["gpu"] else "CPU"
-    print(f"\nsearch {plan.name}: {len(table)} trials: {counts.get('completed', 0)} completed, "
-          f"{counts.get('stopped_early', 0)} stopped early, {counts.get('failed', 0)} failed; "
-          f"{device_hours:.3f} {unit}-hours in {wall / 60:.1f} min")
-    modes = table.loc[table["failure_mode"] != "", "failure_mode"].value_counts().to_dict()
-    if modes:
-        print("  failures: " + ", ".join(f"{n} {mode}" for mode, n in modes.items()))
-    # a failed trial never wins, even if its FID was good before it collapsed
-    finite = table[table[f"best_{key}"].apply(math.isfinite) & (table["outcome"] != FAILED)]
-    if finite.empty:
-        print("no trial produced a finite FID")
-        store.end_run(client, parent)
-        return 1
-    _log_search_plots(plan, results, table, client, parent)
-    best = finite.iloc[0]
-    best_run = store.trial_run_id(client, state["experiment_id"], str(best["trial_id"]))
-    store.set_tags(client, parent, {"best_trial": str(best["trial_id"]), "best_run_id": best_run or "",
-                                    f"best_{key}": f"{best[f'best_{key}']:.4f}"})
-    from orchestrator.search.export import log_best_model
-
-    log_best_model(results, str(best["trial_id"]), best_run, state, goal)
-    config: dict[str, Any] = next(
-        (r.config for r in results if (r.metrics or {}).get("trial_id") == best["trial_id"]), {}
-    )
-    print(f"best trial {best['trial_id']}: {key} {best[f'best_{key}']:.3f}")
-    print(f"  config: {json.dumps(config, default=str)}")
-    print(f"  checkpoints and sample grids: {best['path']}")
-    print(f"  MLflow: parent run {parent}, trial run {best_run}")
-    print(f"  results table: {csv}")
-    print(f"  view: mlflow ui --backend-store-uri {state['tracking_uri']}")
-    store.end_run(client, parent)
-    return 0
-
-
-def _study(plan: Plan, table: pd.DataFrame) -> Any:
-    """The search's own Optuna study from its database; rebuilt from the results table only where it
-    lived in memory (remote results without --study-storage)."""
-    import optuna
-
-    from orchestrator.search import plots
-
-    goal = objective(plan.settings.fid_n)
-    if plan.study_storage is None:
-        distributions = {p.name: p.distribution for p, _ in walk_params(plan.space.params)}
-        return plots.study_from_results(table, list(distributions), distributions, f"best_{goal.key}",
-                                        goal.mode)
-    study = optuna.load_study(study_name=plan.name, storage=plan.study_storage)
-    study.set_user_attr("value_name", goal.best_key)  # what Tune told it: each trial's best FID
-    return study
-
-
-def _log_search_plots(plan: Plan, results: Any, table: pd.DataFrame, client: Any, parent: str) -> None:
-    """FID over time for every trial, Optuna's parameter importance and the best trials' parallel
-    coordinates, on the parent run."""
-    import tempfile
-
-    from orchestrator.search import plots
-
-    key = objective(plan.settings.fid_n).key
-    histories = {
-        str((r.metrics or {}).get("trial_id", i)): r.metrics_dataframe
-        for i, r in enumerate(results) if r.metrics_dataframe is not None
-    }
-    outcomes = dict(zip(table["trial_id"].astype(str), table["outcome"], strict=True))
-    study = _study(plan, table)
-    with tempfile.TemporaryDirectory() as folder:
-        out = Path(folder)
-        plots.fid_over_time(histories, key, outcomes, out / "fid_over_time.png")
-        importance = plots.param_importance(study, out / "param_importance.png")
-        plots.parallel_coordinates(study, out / "parallel_coordinates.png")
-        store.log_folder(client, parent, out, "plots")
-    if importance:
-        ranked = sorted(importance.items(), key=lambda kv: -kv[1])[:5]
-        print("  hyperparameter importance: " + ", ".join(f"{k} {v:.2f}" for k, v in ranked))

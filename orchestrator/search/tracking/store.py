@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from orchestrator.atomic import check_writable_folder
 from orchestrator.errors import ConfigError
@@ -28,6 +30,7 @@ ROLE_TAG = "role"  # "search" on a parent run, "trial" on a trial's
 METRIC_TAG = "metric"  # on the parent run: the key the search optimised, e.g. fid2k_best
 IMAGE_KEY = "samples"  # flat: keys with "/" have produced unreadable image artifacts in MLflow
 CHECKPOINT_FOLDER = "checkpoint"  # on a trial's run: the last generator its trial saved
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 
 
 # MLflow's HTTP client retries a down server for minutes by default: every command bounds it
@@ -143,11 +146,28 @@ def connect(uri: str) -> MlflowClient:
     return MlflowClient(uri)
 
 
-def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None,
+                      metric: str | None = None) -> str:
+    """The experiment ``name``, created where missing, tagged as model training whose runs are
+    looked at sorted on ``metric`` (lowest first; ``ui_app`` reads it)."""
+    from orchestrator.search.tracking.ui_app import ORDER_TAG, order_tag
+
+    # MLflow versions that read the kind choose the runs layout, not the GenAI trace overview
+    tags = {EXPERIMENT_KIND_TAG: "custom_model_development",
+            **({ORDER_TAG: order_tag(metric, ascending=True)} if metric else {})}
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
+    if found is None:
+        return client.create_experiment(name, artifact_location=artifact_location, tags=tags)
+    for key, value in tags.items():
+        client.set_experiment_tag(found.experiment_id, key, value)
+    return found.experiment_id
+
+
+def view_command(uri: str) -> str:
+    """How to look at the store: MLflow's UI through ``ui_app``; a server is already one."""
+    if is_server(uri):
+        return f"open {uri}"
+    return f"mlflow ui --app-name orchestrator --backend-store-uri {uri}"
 
 
 def start_parent_run(
@@ -207,6 +227,7 @@ class LoggedSearch:
     key: str
     params: Mapping[str, str]
     rows: list[dict[str, Any]]
+    parent_run_id: str = ""
 
 
 def read_search(experiment: str, uri: str) -> LoggedSearch:
@@ -233,7 +254,41 @@ def read_search(experiment: str, uri: str) -> LoggedSearch:
                                   filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
     if not children:
         raise ConfigError(f"the search run {parent.info.run_id} of {found.name!r} has no trial runs yet")
-    return LoggedSearch(found.name, key, parent.data.params, [_row(client, run, key) for run in children])
+    return LoggedSearch(found.name, key, parent.data.params, [_row(client, run, key) for run in children],
+                        parent.info.run_id)
+
+
+def read_pictures(uri: str, search: LoggedSearch) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """What the search logged to look at: each trial's latest sample grid (by trial id), and the
+    parent run's plots and last contact sheet (by title)."""
+    import tempfile
+
+    client = connect(uri)
+    thumbnails, figures = {}, {}
+    with tempfile.TemporaryDirectory() as folder:
+        def fetch(run_id: str, path: str) -> bytes:
+            return Path(client.download_artifacts(run_id, path, folder)).read_bytes()
+
+        def pngs(run_id: str, where: str) -> list[str]:
+            return sorted(a.path for a in client.list_artifacts(run_id, where) if a.path.endswith(".png"))
+
+        for row in search.rows:
+            if grids := pngs(row["run_id"], "images"):
+                thumbnails[str(row["trial_id"])] = fetch(row["run_id"], max(grids, key=_image_step))
+        for path in pngs(search.parent_run_id, "plots"):
+            figures[f"search plot: {Path(path).stem}"] = fetch(search.parent_run_id, path)
+        pages = pngs(search.parent_run_id, "contact_sheets")
+        last = pages[-1].split("/")[-1].split("-")[0].removesuffix(".png") if pages else ""
+        for path in pages:
+            if Path(path).name.startswith(last):
+                figures[f"contact sheet, {Path(path).stem}"] = fetch(search.parent_run_id, path)
+    return thumbnails, figures
+
+
+def _image_step(path: str) -> int:
+    """The step in the name MLflow gives an image logged with ``log_image(key=..., step=...)``."""
+    found = re.search(r"step\W(\d+)\W", unquote(path))
+    return int(found.group(1)) if found else -1
 
 
 def _row(client: MlflowClient, run: Any, key: str) -> dict[str, Any]:

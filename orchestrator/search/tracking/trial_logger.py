@@ -127,8 +127,9 @@ class MlflowTrialLogger(tune.Callback):
         from orchestrator.gan.checkpoints import CURVE_FILES, GRID_FILE, REPORT_FILE
 
         # read now: a checkpoint may be deleted (num_to_keep) before a postponed log runs
-        curves = {name: _read_bytes(checkpoint, name) for name in CURVE_FILES}
-        report, png = _read_json(checkpoint, REPORT_FILE), _read_bytes(checkpoint, GRID_FILE)
+        curves = {name: read_checkpoint_file(checkpoint, name) for name in CURVE_FILES}
+        report = read_checkpoint_json(checkpoint, REPORT_FILE)
+        png = read_checkpoint_file(checkpoint, GRID_FILE)
         step = int(report.get("step", -1)) if report else -1
 
         def log() -> None:
@@ -213,7 +214,7 @@ def _is_metric(key: str) -> bool:
     return key not in skip and not key.startswith("config")
 
 
-def _read_bytes(checkpoint: Any, name: str) -> bytes | None:
+def read_checkpoint_file(checkpoint: Any, name: str) -> bytes | None:
     try:
         with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{name}") as stream:
             return stream.read()
@@ -221,10 +222,10 @@ def _read_bytes(checkpoint: Any, name: str) -> bytes | None:
         return None
 
 
-def _read_json(checkpoint: Any, name: str) -> dict[str, Any] | None:
+def read_checkpoint_json(checkpoint: Any, name: str) -> dict[str, Any] | None:
     import json
 
-    raw = _read_bytes(checkpoint, name)
+    raw = read_checkpoint_file(checkpoint, name)
     if raw is None:
         return None
     return json.loads(raw, parse_constant=lambda c: {"Infinity": math.inf, "-Infinity": -math.inf}.get(c))

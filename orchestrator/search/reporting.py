@@ -1,0 +1,164 @@
+"""A search's report: the table people read (best FID first, the Pareto front of quality against
+cost marked) as CSV, and as one HTML file that opens with no server: the summary, each trial's
+latest sample grid beside its row, the quality-against-cost plot, the search's plots and the last
+evaluation's contact sheets, every picture inside the file.
+
+Both ends use it: the search writes ``report.*`` beside its results when it ends, and
+``python -m orchestrator.report`` writes it for any search, from Tune's folder or from MLflow.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.atomic import atomic_write
+from orchestrator.metrics.health import FAILED
+from orchestrator.metrics.registry import Objective
+from orchestrator.search import sheets, tradeoff
+
+NUMBER = "{:.4g}".format
+QUALITY_VS_COST = "quality_vs_cost.png"
+SHEETS_FOLDER = "contact_sheets"  # beside a search's results.csv: search/sheets.py's frames and sheets
+PLOTS_FOLDER = "plots"  # beside a search's results.csv: its plots, as logged on its parent run
+
+
+@dataclass(frozen=True)
+class Trials:
+    """What every source gives: one row per trial (``trial_id``, ``outcome``, ``failure_mode``,
+    ``best_<key>``, ``evals``, ``seconds``, ``config/<name>``...) and how to read it, with the
+    pictures the source holds (PNG bytes): each trial's latest grid, and the search's figures by
+    title (its plots and contact sheets)."""
+
+    table: pd.DataFrame
+    goal: Objective  # what the search ranked on: FID at its N
+    unit: str  # "GPU" or "CPU": what a trial's seconds were spent on
+    share: float  # of a GPU (or CPUs) per trial, to turn wall seconds into device seconds
+    name: str
+    thumbnails: Mapping[str, bytes] = field(default_factory=dict)
+    figures: Mapping[str, bytes] = field(default_factory=dict)
+
+    @property
+    def cost(self) -> str:
+        return f"{self.unit.lower()}_seconds"
+
+
+def present(trials: Trials) -> pd.DataFrame:
+    """The table people read: trial, outcome, FID, the hyperparameters that differ between trials,
+    device seconds, whether the trial is on the Pareto front; sorted by FID, failed trials last."""
+    table, fid = trials.table, f"best_{trials.goal.key}"
+    config = [c for c in table.columns if c.startswith("config/")]
+    varying = [c for c in config if table[c].astype(str).nunique() > 1] or config
+    outcome = table["outcome"].where(table["failure_mode"].fillna("") == "",
+                                     table["outcome"] + " (" + table["failure_mode"].astype(str) + ")")
+    report = pd.DataFrame({
+        "trial": table["trial_id"].astype(str),
+        "outcome": outcome,
+        fid: table[fid].astype(float),
+        "evals": table["evals"].astype(int),
+        **{c.removeprefix("config/"): table[c] for c in varying},
+        trials.cost: table["seconds"].astype(float) * trials.share,
+        **({"run_id": table["run_id"]} if "run_id" in table else {}),
+    })
+    failed = table["outcome"] == FAILED
+    report["pareto"] = tradeoff.pareto_front(report[trials.cost], report[fid], trials.goal.mode, ~failed)
+    order = pd.DataFrame({"failed": failed, "fid": report[fid]}).sort_values(
+        ["failed", "fid"], ascending=[True, trials.goal.mode == "min"], kind="stable")
+    return report.loc[order.index].reset_index(drop=True)
+
+
+def write_report(trials: Trials, prefix: Path) -> pd.DataFrame:
+    """``PREFIX.csv``, ``PREFIX.html`` and the quality-against-cost plot beside them; returns the table."""
+    report = present(trials)
+    fid, outcomes = f"best_{trials.goal.key}", report["outcome"].str.split(" ").str[0]
+    plot_table = report.assign(outcome=outcomes)
+    plot = tradeoff.quality_vs_cost(plot_table, fid, trials.cost, trials.unit,
+                                    prefix.with_name(f"{prefix.name}-{QUALITY_VS_COST}"), trials.goal.mode)
+    report.to_csv(prefix.with_name(prefix.name + ".csv"), index=False)
+    pick = tradeoff.describe_pick(plot_table, fid, trials.cost, trials.unit, trials.goal.mode)
+    lines = [headline(trials, report), *([pick] if pick else [])]
+    figures = {"quality against cost": plot.read_bytes(), **trials.figures}
+    page = _page(trials, report, lines, figures)
+    atomic_write(prefix.with_name(prefix.name + ".html"), lambda f: f.write(page.encode()))
+    return report
+
+
+def headline(trials: Trials, report: pd.DataFrame) -> str:
+    counts = report["outcome"].str.split(" ").str[0].value_counts().to_dict()
+    hours = report[trials.cost].sum() / 3600
+    return (f"search {trials.name}: {len(report)} trials: {counts.get('completed', 0)} completed, "
+            f"{counts.get('stopped_early', 0)} stopped early, {counts.get(FAILED, 0)} failed; "
+            f"{hours:.3g} {trials.unit}-hours; ranked on {trials.goal.best_key}")
+
+
+def pictures_beside(results: Path) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """The thumbnails and figures a search left beside its results (``results``: the folder of
+    its ``results.csv``)."""
+    plots = sorted((results / PLOTS_FOLDER).glob("*.png"))
+    figures = {f"search plot: {p.stem}": p.read_bytes() for p in plots}
+    return latest_frames(results / SHEETS_FOLDER), {**figures, **sheet_figures(results / SHEETS_FOLDER)}
+
+
+def sheet_figures(folder: Path) -> dict[str, bytes]:
+    """The last evaluation's contact-sheet pages in ``folder`` (a search's ``contact_sheets``)."""
+    pages = sorted(folder.glob("eval_*.png"))
+    if not pages:
+        return {}
+    last = pages[-1].name.split("-")[0].removesuffix(".png")
+    return {f"contact sheet, {p.stem.replace('_', ' ').replace('-p', ', page ')}": p.read_bytes()
+            for p in pages if p.name.split("-")[0].removesuffix(".png") == last}
+
+
+def latest_frames(folder: Path) -> dict[str, bytes]:
+    """Each trial's latest recorded grid in ``folder`` (a search's ``contact_sheets``)."""
+    found = {}
+    for trial in sorted((folder / sheets.FRAMES).glob("*")):
+        frames = sorted(trial.glob("eval_*.png"))
+        if frames:
+            found[trial.name] = frames[-1].read_bytes()
+    return found
+
+
+# ---- the HTML page -----------------------------------------------------------------------------
+
+STYLE = """body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;font-size:13px}
+td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#f3f3f3}
+td.text{text-align:left}tr.pareto td{background:#eef8ee}img.thumb{width:96px;image-rendering:pixelated}
+figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}"""
+
+
+def _page(trials: Trials, report: pd.DataFrame, lines: list[str], figures: Mapping[str, bytes]) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in ["samples", *report.columns])
+    rows = []
+    for _, row in report.iterrows():
+        thumb = trials.thumbnails.get(str(row["trial"]))
+        cells = [f'<td>{_img(thumb, "thumb", str(row["trial"]))}</td>' if thumb else "<td></td>"]
+        cells += [_cell(value) for value in row]
+        rows.append(f'<tr class="{"pareto" if row["pareto"] else ""}">{"".join(cells)}</tr>')
+    pictures = "".join(f"<figure><figcaption>{html.escape(title)}</figcaption>{_img(png, '', title)}</figure>"
+                       for title, png in figures.items())
+    summary = "".join(f"<p>{html.escape(line)}</p>" for line in lines)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(trials.name)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(trials.name)}</h1>{summary}"
+            "<p>Green rows are on the Pareto front: no other trial is both cheaper and better.</p>"
+            f"<table><tr>{head}</tr>{''.join(rows)}</table>{pictures}</body></html>")
+
+
+def _img(png: bytes, css: str, alt: str) -> str:
+    data = base64.b64encode(png).decode()
+    return f'<img class="{css}" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, (bool, np.bool_)):  # the Pareto column: a mark, not a word
+        return f"<td>{'yes' if value else ''}</td>"
+    if isinstance(value, float):
+        return f"<td>{NUMBER(value) if not math.isnan(value) else ''}</td>"
+    return f'<td class="text">{html.escape(str(value))}</td>'

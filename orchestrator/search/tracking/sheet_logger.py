@@ -1,0 +1,98 @@
+"""The Tune callback that keeps the search's contact sheets (``search/sheets.py``) as it runs: a frame
+per trial and evaluation from the grid its checkpoint already holds (no second pass over the GPUs),
+the trial's outcome when it ends, and the sheets redrawn at most every ``refresh_s`` seconds and at
+the end, written beside the results and logged on the search's parent run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from ray import tune
+
+from orchestrator.metrics.health import FAILED, outcome
+from orchestrator.search import sheets
+from orchestrator.search.tracking.store import unreachable_errors
+from orchestrator.search.tracking.trial_logger import read_checkpoint_file, read_checkpoint_json
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_FOLDER = "contact_sheets"  # on the parent run
+
+
+class ContactSheetLogger(tune.Callback):
+    """Picklable (Tune stores callbacks with the experiment state); the folder is the state, so a
+    resumed search draws on what the first run recorded."""
+
+    def __init__(self, folder: Path, fid_key: str, rungs: list[int], max_evals: int, params: list[str],
+                 tracking_uri: str, parent_run_id: str, name: str, refresh_s: float = 60.0) -> None:
+        self.folder, self.fid_key, self.rungs, self.max_evals = Path(folder), fid_key, rungs, max_evals
+        self.params, self.name, self.refresh_s = params, name, refresh_s
+        self.tracking_uri, self.parent_run_id = tracking_uri, parent_run_id
+        self._dirty: set[int] = set()
+        self._drawn_at = 0.0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_drawn_at": 0.0}
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if not (self.folder / sheets.FRAMES / trial.trial_id / sheets.CARD).exists():
+            shown = {k: trial.config[k] for k in self.params if k in trial.config}
+            sheets.record_card(self.folder, trial.trial_id, shown)
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        from orchestrator.gan.checkpoints import GRID_FILE, REPORT_FILE
+
+        from_trial = read_checkpoint_json(checkpoint, REPORT_FILE) or {}
+        png = read_checkpoint_file(checkpoint, GRID_FILE)
+        evals = int((trial.last_result or {}).get("training_iteration", 0))
+        if png is None or self.fid_key not in from_trial or evals < 1:
+            return
+        sheets.record_frame(self.folder, trial.trial_id, evals, int(from_trial.get("step", 0)),
+                            float(from_trial[self.fid_key]), png)
+        self._dirty.add(evals)
+        self._refresh()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        result = trial.last_result or {}
+        evals = int(result.get("training_iteration", 0))
+        ended = outcome(bool(result.get("failure")), evals, self.max_evals)
+        self._end(trial, ended, str(result.get("failure_mode") or ""), evals)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._end(trial, FAILED, "error", int((trial.last_result or {}).get("training_iteration", 0)))
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._refresh(force=True)
+
+    def _end(self, trial: Any, ended: str, mode: str, evals: int) -> None:
+        shown = {k: trial.config[k] for k in self.params if k in trial.config}
+        sheets.record_card(self.folder, trial.trial_id, shown, ended, mode, evals)
+        self._dirty.update(range(1, evals + 1))  # its outcome shows on every sheet it is on
+        self._refresh()
+
+    def _refresh(self, force: bool = False) -> None:
+        """Redraw the sheets that changed, at most every ``refresh_s`` (a page takes about a second
+        of the driver's loop), and log them; an unreachable tracking server leaves them for the
+        next refresh."""
+        if not self._dirty or (not force and time.monotonic() - self._drawn_at < self.refresh_s):
+            return
+        self._drawn_at = time.monotonic()
+        try:
+            written = sheets.write_sheets(self.folder, self.fid_key, self.rungs, evals=self._dirty,
+                                          name=self.name)
+        except (OSError, ValueError) as err:  # a picture must never stop the search
+            log.warning("contact sheets not drawn: %s", err)
+            return
+        try:
+            client = MlflowClient(self.tracking_uri)
+            for path in written:
+                client.log_artifact(self.parent_run_id, str(path), ARTIFACT_FOLDER)
+        except unreachable_errors() as err:  # called only on an error
+            log.warning("contact sheets not logged to MLflow yet: %s", str(err).splitlines()[0])
+            return
+        self._dirty.clear()

@@ -1,0 +1,85 @@
+"""Contact sheets from recorded frames: ranking, outcomes in words, ASHA's rungs, pages at 64+ trials.
+The real search's sheets are checked against MLflow in ``test_sheets_search.py``."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from ray.tune.schedulers.async_hyperband import _Bracket
+
+from orchestrator.search import sheets
+
+
+def _png(shade: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (34, 34), (shade, shade, shade)).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("grace, factor, max_t", [(1, 2, 3), (2, 3, 20), (1, 4, 64), (5, 2, 5)])
+def test_milestones_are_the_rungs_of_rays_asha(grace: int, factor: int, max_t: int) -> None:
+    rungs = [milestone for milestone, _ in _Bracket(grace, max_t, factor, 0)._rungs]
+    assert sheets.milestones(grace, factor, max_t) == sorted(rungs)
+
+
+def _search(folder: Path) -> None:
+    """Three trials over three evaluations (rungs at 1 and 2, max 3): a completes, b is stopped at
+    the second rung, c fails at its first evaluation."""
+    for trial, fids in {"a": [300.0, 200.0, 150.0], "b": [250.0, 260.0], "c": [math.inf]}.items():
+        sheets.record_card(folder, trial, {"lr_g": 0.0002, "loss": "bce"})
+        for k, fid in enumerate(fids, start=1):
+            sheets.record_frame(folder, trial, k, 40 * k, fid, _png(40 * k))
+    sheets.record_card(folder, "a", {"lr_g": 0.0002, "loss": "bce"}, "completed", "", 3)
+    sheets.record_card(folder, "b", {"lr_g": 0.0001, "loss": "hinge"}, "stopped_early", "", 2)
+    sheets.record_card(folder, "c", {"lr_g": 0.01, "loss": "bce"}, "failed", "diverged", 1)
+
+
+def test_each_evaluation_has_a_sheet_ranked_by_fid_with_outcomes(tmp_path: Path) -> None:
+    _search(tmp_path)
+    written = sheets.write_sheets(tmp_path, "fid128", [1, 2], name="demo")
+    assert {p.name for p in written} == {"eval_0001.png", "eval_0002.png", "eval_0003.png", "index.json"}
+    index = json.loads((tmp_path / "index.json").read_text())["sheets"]
+    first = index["1"]["cells"]
+    assert [c["trial_id"] for c in first] == ["b", "a", "c"]  # 250 < 300 < inf
+    described = {c["trial_id"]: c["described"] for c in first}
+    assert described == {"a": "completed", "b": "stopped early at rung 2 (eval 2)",
+                         "c": "failed: diverged (eval 1)"}
+    assert [c["trial_id"] for c in index["2"]["cells"]] == ["a", "b"]  # 200 < 260
+    assert index["2"]["ended_before"] == ["c"] and index["3"]["ended_before"] == ["b", "c"]
+    assert index["2"]["step"] == 80
+    label = next(c["label"] for c in index["2"]["cells"] if c["trial_id"] == "b")
+    # two hyperparameters a line: a cell is narrow
+    assert label.splitlines() == ["b  fid128 260", "stopped early at rung 2 (eval 2)",
+                                  "lr_g 0.0001  loss hinge"]
+    with Image.open(tmp_path / "eval_0001.png") as image:
+        assert image.width >= 900 and image.height > 300  # four columns of readable grids
+
+
+def test_a_running_trial_says_so_and_redraws_only_what_changed(tmp_path: Path) -> None:
+    sheets.record_card(tmp_path, "r", {"ngf": 64})
+    sheets.record_frame(tmp_path, "r", 1, 40, 123.4, _png(10))
+    sheets.record_frame(tmp_path, "r", 2, 80, 111.1, _png(20))
+    written = sheets.write_sheets(tmp_path, "fid128", [1], evals={2})
+    assert [p.name for p in written] == ["eval_0002.png", "index.json"]
+    cells = json.loads((tmp_path / "index.json").read_text())["sheets"]["1"]["cells"]
+    assert cells[0]["described"] == "running" and cells[0]["fid"] == pytest.approx(123.4)
+
+
+def test_sixty_four_trials_make_pages_a_person_can_read(tmp_path: Path) -> None:
+    for i in range(70):
+        trial = f"t{i:02d}"
+        sheets.record_card(tmp_path, trial, {"lr_g": 1e-4}, "stopped_early", "", 1)
+        sheets.record_frame(tmp_path, trial, 1, 40, 300.0 - i, _png(i))
+    sheets.write_sheets(tmp_path, "fid128", [1])
+    sheet = json.loads((tmp_path / "index.json").read_text())["sheets"]["1"]
+    assert sheet["pages"] == ["eval_0001.png", *(f"eval_0001-p{p}.png" for p in range(2, 6))]
+    assert [c["page"] for c in sheet["cells"]] == [i // sheets.PAGE + 1 for i in range(70)]
+    assert sheet["cells"][0]["trial_id"] == "t69"  # the lowest FID (231) first
+    for page in sheet["pages"]:
+        with Image.open(tmp_path / page) as image:
+            assert image.height <= 1500  # a page is at most four rows of cells
