@@ -20,7 +20,7 @@ from orchestrator.atomic import check_writable_folder
 from orchestrator.cli import UsageParser, path_arg, run_main
 from orchestrator.errors import ConfigError
 from orchestrator.metrics.registry import Objective, objective_named
-from orchestrator.search.reporting import NUMBER, Trials, pictures_beside, write_report
+from orchestrator.search.reporting import NUMBER, Trials, pick_figures, pictures_beside, write_report
 from orchestrator.search.tracking.store import read_pictures, read_search, tracking_uri
 from orchestrator.search.tradeoff import describe_pick
 
@@ -97,7 +97,7 @@ def from_mlflow(experiment: str, uri: str) -> Trials:
     goal = objective_named(search.key)
     if goal is None:
         raise ConfigError(f"{experiment}: the search ranked on {search.key!r}, no FID this version reports")
-    thumbnails, figures = read_pictures(uri, search)
+    thumbnails, figures = read_pictures(uri, search, pick_figures)
     return Trials(table, goal, "GPU" if gpu else "CPU", share, search.name, thumbnails, figures)
 
 

@@ -139,6 +139,8 @@ def test_mlflow_ui_serves_the_runs(walkthrough: dict[str, Any]) -> None:
     (command,) = _commands("server")
     body = _served(command, walkthrough["cwd"], "/api/2.0/mlflow/experiments/search?max_results=10")
     assert '"name": "smoke"' in body.replace('":"', '": "')
+    # --app-name orchestrator: MLflow's page with the script that opens a search on its runs
+    assert "orchestrator.order_by" in _served(command, walkthrough["cwd"], "/")
 
 
 def _served(command: str, cwd: Path, path: str) -> str:

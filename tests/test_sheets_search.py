@@ -4,6 +4,8 @@ the results and on the parent run, every label's FID and outcome as MLflow holds
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -89,7 +91,12 @@ def test_the_experiment_says_it_is_model_training(smoke_search: dict) -> None:
 
 
 def test_the_search_writes_its_report_and_logs_its_plots(smoke_search: dict) -> None:
+    """With ORCHESTRATOR_SCREENSHOTS=DIR set, the first sheet and the plot go to DIR too: the
+    README's pictures (see tests/test_mlflow_ui.py)."""
     folder = smoke_search["experiment_dir"]
+    if publish := os.environ.get("ORCHESTRATOR_SCREENSHOTS"):
+        shutil.copyfile(folder / "contact_sheets" / "eval_0001.png", Path(publish) / "contact-sheet.png")
+        shutil.copyfile(folder / "report-quality_vs_cost.png", Path(publish) / "quality-vs-cost.png")
     html = (folder / "report.html").read_text()
     assert html.count('class="thumb"') == 4 and "<figcaption>quality against cost" in html
     client = MlflowClient(smoke_search["tracking_uri"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,19 +101,23 @@ def headline(trials: Trials, report: pd.DataFrame) -> str:
 def pictures_beside(results: Path) -> tuple[dict[str, bytes], dict[str, bytes]]:
     """The thumbnails and figures a search left beside its results (``results``: the folder of
     its ``results.csv``)."""
-    plots = sorted((results / PLOTS_FOLDER).glob("*.png"))
-    figures = {f"search plot: {p.stem}": p.read_bytes() for p in plots}
-    return latest_frames(results / SHEETS_FOLDER), {**figures, **sheet_figures(results / SHEETS_FOLDER)}
+    files = [f"{folder}/{p.name}" for folder in (PLOTS_FOLDER, SHEETS_FOLDER)
+             for p in sorted((results / folder).glob("*.png"))]
+    figures = {title: (results / path).read_bytes() for title, path in pick_figures(files).items()}
+    return latest_frames(results / SHEETS_FOLDER), figures
 
 
-def sheet_figures(folder: Path) -> dict[str, bytes]:
-    """The last evaluation's contact-sheet pages in ``folder`` (a search's ``contact_sheets``)."""
-    pages = sorted(folder.glob("eval_*.png"))
-    if not pages:
-        return {}
-    last = pages[-1].name.split("-")[0].removesuffix(".png")
-    return {f"contact sheet, {p.stem.replace('_', ' ').replace('-p', ', page ')}": p.read_bytes()
-            for p in pages if p.name.split("-")[0].removesuffix(".png") == last}
+def pick_figures(paths: Sequence[str]) -> dict[str, str]:
+    """Of a search's picture files (``plots/NAME.png``, ``contact_sheets/eval_NNNN[-pK].png``, as
+    beside its results and on its parent run), the ones its report shows, by title: its plots and
+    the last evaluation's contact-sheet pages."""
+    plots = [p for p in sorted(paths) if p.startswith(f"{PLOTS_FOLDER}/")
+             and not Path(p).name.startswith("report-")]  # the report draws that one itself
+    pages = sorted(p for p in paths if p.startswith(f"{SHEETS_FOLDER}/eval_"))
+    last = Path(pages[-1]).stem.split("-")[0] if pages else ""
+    return {**{f"search plot: {Path(p).stem}": p for p in plots},
+            **{f"contact sheet, {Path(p).stem.replace('_', ' ').replace('-p', ', page ')}": p
+               for p in pages if Path(p).stem.split("-")[0] == last}}
 
 
 def latest_frames(folder: Path) -> dict[str, bytes]:

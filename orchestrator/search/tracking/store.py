@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -258,9 +258,10 @@ def read_search(experiment: str, uri: str) -> LoggedSearch:
                         parent.info.run_id)
 
 
-def read_pictures(uri: str, search: LoggedSearch) -> tuple[dict[str, bytes], dict[str, bytes]]:
+def read_pictures(uri: str, search: LoggedSearch,
+                  pick: Callable[[list[str]], dict[str, str]]) -> tuple[dict[str, bytes], dict[str, bytes]]:
     """What the search logged to look at: each trial's latest sample grid (by trial id), and the
-    parent run's plots and last contact sheet (by title)."""
+    parent run's pictures that ``pick`` chooses from their artifact paths (by its titles)."""
     import tempfile
 
     client = connect(uri)
@@ -275,13 +276,9 @@ def read_pictures(uri: str, search: LoggedSearch) -> tuple[dict[str, bytes], dic
         for row in search.rows:
             if grids := pngs(row["run_id"], "images"):
                 thumbnails[str(row["trial_id"])] = fetch(row["run_id"], max(grids, key=_image_step))
-        for path in pngs(search.parent_run_id, "plots"):
-            figures[f"search plot: {Path(path).stem}"] = fetch(search.parent_run_id, path)
-        pages = pngs(search.parent_run_id, "contact_sheets")
-        last = pages[-1].split("/")[-1].split("-")[0].removesuffix(".png") if pages else ""
-        for path in pages:
-            if Path(path).name.startswith(last):
-                figures[f"contact sheet, {Path(path).stem}"] = fetch(search.parent_run_id, path)
+        logged = pngs(search.parent_run_id, "plots") + pngs(search.parent_run_id, "contact_sheets")
+        for title, path in pick(logged).items():
+            figures[title] = fetch(search.parent_run_id, path)
     return thumbnails, figures
 
 
