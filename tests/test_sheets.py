@@ -83,3 +83,40 @@ def test_sixty_four_trials_make_pages_a_person_can_read(tmp_path: Path) -> None:
     for page in sheet["pages"]:
         with Image.open(tmp_path / page) as image:
             assert image.height <= 1500  # a page is at most four rows of cells
+
+
+def test_the_callback_redraws_as_results_arrive_and_logs_on_the_parent_run(tmp_path: Path) -> None:
+    """ContactSheetLogger as Tune drives it: a checkpoint (grid + report) per evaluation, the trial's
+    end; each refresh is drawn beside the results and logged on the search's parent run."""
+    from types import SimpleNamespace
+
+    from mlflow import MlflowClient
+    from ray.tune import Checkpoint
+
+    from orchestrator.search.tracking.sheet_logger import ContactSheetLogger
+    from orchestrator.search.tracking.store import default_tracking_uri, ensure_experiment, start_parent_run
+
+    uri = default_tracking_uri(tmp_path)
+    client = MlflowClient(uri)
+    experiment = ensure_experiment(client, "s", (tmp_path / "art").as_uri())
+    parent = start_parent_run(client, experiment, "s", {}, {})
+    logger = ContactSheetLogger(tmp_path / "sheets", "fid128", [1], 2, ["lr_g"], uri, parent, "s",
+                                refresh_s=0)
+    trial = SimpleNamespace(trial_id="t1", config={"lr_g": 2e-4, "nz": 100}, last_result={})
+    logger.on_trial_start(0, [], trial)
+    for k, fid in [(1, 280.0), (2, 240.0)]:
+        folder = tmp_path / f"checkpoint_{k}"
+        folder.mkdir()
+        (folder / "grid.png").write_bytes(_png(60 * k))
+        (folder / "report.json").write_text(json.dumps({"fid128": fid, "step": 40 * k}))
+        trial.last_result = {"training_iteration": k, "failure": ""}
+        logger.on_checkpoint(0, [], trial, Checkpoint.from_directory(folder))
+        index = json.loads((tmp_path / "sheets" / "index.json").read_text())["sheets"]
+        assert index[str(k)]["cells"][0]["described"] == "running" and index[str(k)]["cells"][0]["fid"] == fid
+    logger.on_trial_complete(0, [], trial)
+    logger.on_experiment_end([])
+    index = json.loads((tmp_path / "sheets" / "index.json").read_text())["sheets"]
+    assert [index[k]["cells"][0]["described"] for k in ("1", "2")] == ["completed", "completed"]
+    assert index["1"]["cells"][0]["label"].splitlines()[2] == "lr_g 0.0002"  # only the keys asked for
+    logged = {a.path for a in client.list_artifacts(parent, "contact_sheets")}
+    assert logged == {f"contact_sheets/{name}" for name in ("eval_0001.png", "eval_0002.png", "index.json")}
