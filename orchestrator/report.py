@@ -4,7 +4,10 @@ EXPERIMENT is a Tune experiment folder (``runs/NAME``: read from Tune's own expe
 search still running or interrupted reports too) or an MLflow experiment name or id (with
 ``--mlflow-uri``; the latest search logged there). Prints the table and writes it as CSV and HTML
 (``--out PREFIX``; by default ``report.csv``/``report.html`` in the experiment folder, or
-``report-NAME.*`` here for an MLflow experiment). Failed trials come last: they never win.
+``report-NAME.*`` here for an MLflow experiment). Failed trials come last: they never win. The
+HTML page holds its pictures (each trial's latest samples, quality against cost with its Pareto
+front, the search's plots and last contact sheet) and opens as a file; ``search/reporting.py``
+draws it.
 """
 
 from __future__ import annotations

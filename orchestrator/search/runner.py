@@ -1,6 +1,6 @@
-"""Builds and runs the Tuner for a validated ``Plan``, then summarises: the half of the search that
-imports Ray and (through ``orchestrator.search.tracking``) MLflow, kept apart so ``--dry-run`` and bad input
-answer at once."""
+"""Builds and runs the Tuner for a validated ``Plan``, then summarises (``summary.py``): the half of
+the search that imports Ray and (through ``orchestrator.search.tracking``) MLflow, kept apart so
+``--dry-run`` and bad input answer at once."""
 
 from __future__ import annotations
 
