@@ -78,6 +78,21 @@ def nonempty(text: str) -> str:
     return text
 
 
+def device_arg(text: str) -> str:
+    """A flag's type: ``auto`` or a device torch knows (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    if text == "auto":
+        return text
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text!r}: this program computes on cpu, cuda or mps")
+    return text
+
+
 def path_arg(text: str) -> Path:
     """A flag's type: a path, never the empty string (which would mean the current folder)."""
     return Path(nonempty(text))

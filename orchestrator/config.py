@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.errors import ConfigError, OrchestratorError, SearchSpaceError, did_you_mean
+from orchestrator.errors import ConfigError, OrchestratorError, SearchSpaceError, did_you_mean, first_line
 
 LOSSES = ("bce", "wgan", "wgan-gp", "hinge", "lsgan")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
@@ -206,6 +206,15 @@ class YamlLoader(yaml.SafeLoader):
     PyYAML follows YAML 1.1, where a float needs a dot: ``2e-4`` would be the string "2e-4". The
     extra resolver reads it as YAML 1.2 (and JSON, and Python) do."""
 
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        # an alias repeats a node by reference: a few lines of them (a "billion laughs") unfold
+        # into more values than memory holds as soon as anything walks them
+        if self.check_event(yaml.AliasEvent):  # type: ignore[no-untyped-call]
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not read here: write the "
+                                              "value out", mark)
+        return super().compose_node(parent, index)  # type: ignore[no-untyped-call]
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         keys = [self.construct_object(k, deep=deep) for k, _ in node.value]  # type: ignore[no-untyped-call]
         for i, key in enumerate(keys):
@@ -226,12 +235,16 @@ YamlLoader.add_implicit_resolver(
 def read_yaml(path: Path, error: type[OrchestratorError] = ConfigError) -> Any:
     """``path``'s YAML document; ``error`` (one line naming the file) when it cannot be read, is not
     UTF-8 text or is not YAML."""
+    if Path(path).exists() and not Path(path).is_file():  # a folder, or a pipe that would never end
+        raise error(f"{path}: not a file")
     try:
         return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=YamlLoader)  # a SafeLoader
     except OSError as err:
         raise error(f"cannot read {path}: {err.strerror}") from None
     except UnicodeDecodeError:
         raise error(f"{path}: not a text file (not UTF-8)") from None
+    except ValueError as err:  # an integer of thousands of digits
+        raise error(f"{path}: a value out of range: {first_line(err)}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""

@@ -41,9 +41,10 @@ class TrainingDiverged(Exception):
         self.step = step
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """' (did you mean 'x'?)' for the closest choice, or '' when none is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+def did_you_mean(word: object, choices: Iterable[object]) -> str:
+    """' (did you mean 'x'?)' for the closest choice, or '' when none is close. Not only strings:
+    a YAML key may be a number (``1: x``)."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 

@@ -20,12 +20,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from orchestrator.atomic import check_writable_folder
-from orchestrator.cli import UsageParser, count, path_arg, run_main
+from orchestrator.cli import UsageParser, count, device_arg, path_arg, run_main
 from orchestrator.config import IMAGE_SUFFIXES, RunSettings, default_cache_dir
-from orchestrator.errors import ConfigError, DataError, did_you_mean
+from orchestrator.errors import ConfigError, DataError, did_you_mean, first_line
 from orchestrator.metrics.fid import FeatureStats, extract_stats, fid, metric_name
 from orchestrator.metrics.fid import select as select_images
-from orchestrator.metrics.inception import FeatureExtractor, load_inception
+from orchestrator.metrics.inception import DIMS, FeatureExtractor, load_inception
 from orchestrator.metrics.reference import reference_stats
 
 if TYPE_CHECKING:
@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resolution", type=count, default=64, help="dataset resolution (default 64)")
     p.add_argument("--batch-size", type=count, default=50, help="Inception batch size (default 50)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if any)")
+    p.add_argument("--device", type=device_arg, default="auto",
+                   help="cpu, cuda, cuda:1 ... (default: cuda if any)")
     p.add_argument("--weights", type=path_arg, help="FID Inception weights file (default: search)")
     p.add_argument("--save-stats", type=path_arg, metavar="OUT.npz", help="save A's statistics here")
     p.add_argument("--data-root", type=path_arg, help="where datasets' raw files are")
@@ -67,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _validate(args)
     # every source is checked before the first one is computed, which can take minutes
     sources = [(source, source_kind(source, args)) for source in (args.a, args.b) if source]
+    _check_sources(sources, args)
     network = _LazyExtractor(args)
     stats = [source_stats(source, kind, args, network) for source, kind in sources]
     if args.save_stats is not None:
@@ -118,9 +120,7 @@ def folder_stats(
     batch_size: int,
 ) -> FeatureStats:
     """A folder's images (not its sub-folders'), as pytorch-fid reads them, ``n`` at most."""
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-    if len(files) < 2:
-        raise DataError(f"{folder}: FID needs at least 2 images, found {len(files)}")
+    files = _folder_images(folder)
     if n is not None:
         if n > len(files):
             log.warning("%s has %d images, fewer than --n %d: using all", folder, len(files), n)
@@ -160,6 +160,32 @@ class _LazyExtractor:
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             self.extractor = load_inception(self.args.weights, device, self.args.download)
         return self.extractor
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    if len(files) < 2:
+        raise DataError(f"{folder}: FID needs at least 2 images, found {len(files)}")
+    return files
+
+
+def _check_sources(sources: list[tuple[str, str]], args: argparse.Namespace) -> None:
+    """What can be known before the network loads and the first image is read: a folder holds at
+    least two images that open, statistics fit the network they will meet, and --save-stats does
+    not overwrite a source."""
+    needs_network = any(kind != "npz" for _, kind in sources)
+    for source, kind in sources:
+        if kind == "folder":
+            for file in _folder_images(Path(source)):
+                try:
+                    Image.open(file).close()  # the header only: fast for thousands
+                except (OSError, ValueError) as err:
+                    raise DataError(f"{file}: not a readable image ({first_line(err)})") from None
+        elif kind == "npz" and needs_network and (stats := FeatureStats.load(source)).dims != DIMS:
+            raise DataError(f"{source}: statistics of {stats.dims} features; the FID network gives {DIMS}")
+    out = args.save_stats
+    if out is not None and any(Path(s).resolve() == out.resolve() for s, _ in sources):
+        raise ConfigError(f"--save-stats {args.save_stats}: that is a source of this command; save elsewhere")
 
 
 def _validate(args: argparse.Namespace) -> None:

@@ -19,6 +19,7 @@ from orchestrator.cli import (
     UsageParser,
     add_run_flags,
     count,
+    device_arg,
     path_arg,
     positive,
     run_main,
@@ -50,7 +51,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--resolution", type=count, help="32 or 64 (default: the search space's)")
     p.add_argument("--out", type=path_arg, help="output folder (default runs/train-DATASET-TIME)")
     p.add_argument("--eval-seed", type=seed_number, default=12345)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", type=device_arg, default="auto", help="auto, cpu, cuda or cuda:N")
     add_run_flags(p)
     return p.parse_args(argv)
 

@@ -15,7 +15,7 @@ import pytest
 from orchestrator.atomic import check_writable_folder
 from orchestrator.errors import ConfigError
 from orchestrator.search.cli import cli_main
-from orchestrator.search.tracking.store import check_store
+from orchestrator.search.tracking.store import check_store, check_tracking_server
 
 
 def test_a_writable_folder_may_not_exist_yet(tmp_path: Path) -> None:
@@ -64,8 +64,36 @@ def test_bad_tracking_uris_are_one_line(uri: str, message: str, tmp_path: Path) 
     assert (tmp_path / "empty.db").stat().st_size == 0  # never turned into a database
 
 
+def test_a_database_that_is_not_an_mlflow_store_is_never_changed(tmp_path: Path) -> None:
+    """MLflow would add its tables to any SQLite file: an Optuna study's, or an empty database a
+    command that only reads was given."""
+    sqlite3.connect(tmp_path / "optuna.db").execute("create table studies (x)").connection.close()
+    sqlite3.connect(tmp_path / "blank.db").execute("vacuum").connection.close()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for reading in (True, False):
+        with pytest.raises(ConfigError, match=r"not an MLflow store \(its tables: studies"):
+            check_store(f"sqlite:///{tmp_path / 'optuna.db'}", reading=reading)
+    with pytest.raises(ConfigError, match=r"not an MLflow store \(no tables\)"):
+        check_store(f"sqlite:///{tmp_path / 'blank.db'}", reading=True)
+    check_store(f"sqlite:///{tmp_path / 'blank.db'}", reading=False)  # a search may make it one
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    os.mkfifo(tmp_path / "pipe.db")
+    with pytest.raises(ConfigError, match="is not a file, not a database file"):
+        check_store(f"sqlite:///{tmp_path / 'pipe.db'}", reading=True)  # never opened: it would hang
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("http://[::1", "not a valid URL"), ("http://127.0.0.1:abc", "not a valid URL"),
+    ("file:///tmp/mlruns", "not a tracking URI"),
+])
+def test_urls_that_are_not_urls_are_one_line(uri: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        check_store(uri, reading=True)
+        check_tracking_server(uri)
+
+
 def test_good_tracking_uris_pass(tmp_path: Path) -> None:
-    sqlite3.connect(tmp_path / "m.db").execute("create table t (x)").connection.close()
+    sqlite3.connect(tmp_path / "m.db").execute("create table experiments (x)").connection.close()
     check_store(f"sqlite:///{tmp_path / 'm.db'}", reading=True)
     check_store(f"sqlite:///{tmp_path / 'new.db'}", reading=False)  # created by the search
     check_store("postgresql+psycopg2://u@db.example/mlflow", reading=False)

@@ -21,7 +21,7 @@ from orchestrator.config import IMAGE_SUFFIXES
 from orchestrator.data import shapes
 from orchestrator.data.cache import Listing
 from orchestrator.data.spec import DataSpec
-from orchestrator.errors import DataError, did_you_mean
+from orchestrator.errors import DataError, did_you_mean, first_line
 
 FOLDER_PREFIX = "folder:"
 # where each torchvision dataset lives under the data root
@@ -197,11 +197,14 @@ def _open_torchvision(spec: DataSpec, make: Callable[[], Any]) -> Any:
     """Build a torchvision dataset; its errors speak of its API, ours name the path and the fix."""
     try:
         return make()
-    except (RuntimeError, OSError) as err:  # a failed download is a URLError, an OSError
+    # a failed download is a URLError (an OSError); a damaged file makes torchvision's readers
+    # raise whatever their parsing meets first (AssertionError on an idx header, ValueError on a
+    # cut one, JSONDecodeError, AttributeError on a meta file of another shape): all mean the same
+    except Exception as err:
         where = _expected_path(spec)
         raise DataError(
-            f"{spec.name} data at {where} is missing or corrupt ({err}); {_fetch_hint(spec)}"
-        ) from err
+            f"{spec.name} data at {where} is missing or corrupt ({first_line(err)}); {_fetch_hint(spec)}"
+        ) from None
 
 
 def _images_in(paths: Iterator[Path]) -> list[Path]:
@@ -229,4 +232,9 @@ def class_names_without_loading(spec: DataSpec) -> Sequence[str] | None:
         root = _folder_root(spec)
         return [p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")] or [root.name]
     listed = _expected_path(spec) / "meta" / "classes.txt" if spec.name == "food101" else None
-    return listed.read_text().split() if listed is not None and listed.is_file() else None
+    if listed is None or not listed.is_file():
+        return None
+    try:
+        return listed.read_text(encoding="utf-8").split()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read {listed} ({first_line(err)}); {_fetch_hint(spec)}") from None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -75,16 +76,28 @@ def load_generator(path: Path) -> ImageModel:
         raise ConfigError(f"{path}: no {GENERATOR_FILE} in this folder; pass a Tune checkpoint folder "
                           "(checkpoint_NNNNNN) or a .pt file")
     try:
-        saved = torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # on a pickle protocol torch did not write: refused below anyway
+            warnings.simplefilter("ignore")
+            saved = torch.load(file, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
         raise ConfigError(f"{file}: cannot be read as a PyTorch checkpoint of tensors") from None
     if not isinstance(saved, dict) or any(key not in saved for key in _NEEDED):
         raise ConfigError(f"{file}: not a generator checkpoint (it needs {', '.join(_NEEDED)})")
+    if not isinstance(saved["config"], dict):
+        raise ConfigError(f"{file}: not a generator checkpoint (its config is not a mapping)")
     config = TrialConfig.from_dict(saved["config"], source=str(file))
-    resolution = int(saved["resolution"])
-    generator = Generator(config, int(saved["channels"]), resolution)
+    try:  # what this program writes is ints; anything else is another program's file, or damage
+        resolution, channels = int(saved["resolution"]), int(saved["channels"])
+        if resolution < 1 or channels not in (1, 3):
+            raise ValueError(f"resolution {resolution}, {channels} channels")
+        generator = Generator(config, channels, resolution)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ConfigError(f"{file}: not a generator this program can build ({first_line(err)})") from None
+    weights = saved.get("ema") or saved["generator"]
+    if not isinstance(weights, dict):
+        raise ConfigError(f"{file}: not a generator checkpoint (its weights are not a state dict)")
     try:
-        generator.load_state_dict(saved.get("ema") or saved["generator"])
+        generator.load_state_dict(weights)
     except RuntimeError as err:
         raise ConfigError(
             f"{file}: the weights do not fit the generator its config describes (nz {config.nz}, "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from orchestrator.atomic import atomic_write
-from orchestrator.errors import ConfigError, DataError
+from orchestrator.errors import ConfigError, DataError, first_line
 from orchestrator.metrics.inception import FeatureExtractor
 
 SELECTION_SEED = 0  # which n images of a larger set are used; fixed so every run picks the same
@@ -147,9 +148,10 @@ class FeatureStats:
             with np.load(path, allow_pickle=False) as f:
                 mu, sigma = np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64)
                 n = int(f["n"]) if "n" in f.files else 0
-                meta = json.loads(str(f["meta"])) if "meta" in f.files else {}
-        except (OSError, ValueError, KeyError, EOFError) as err:
-            raise DataError(f"{path}: not a statistics file with 'mu' and 'sigma' ({err})") from err
+                meta = dict(json.loads(str(f["meta"]))) if "meta" in f.files else {}
+        except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as err:
+            raise DataError(f"{path}: not a statistics file with 'mu' and 'sigma' ({first_line(err)})") \
+                from None
         d = mu.shape[0] if mu.ndim == 1 else -1
         if d < 1 or sigma.shape != (d, d):
             raise DataError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not match")

@@ -111,7 +111,8 @@ def space_path(dataset: str, override: Path | None = None) -> Path:
     """search_spaces/<dataset>.yaml, or ``override`` (--space), which folder: datasets need."""
     if override is not None:
         if not Path(override).is_file():
-            raise SearchSpaceError(f"search space {override} does not exist")
+            what = "is not a file" if Path(override).exists() else "does not exist"
+            raise SearchSpaceError(f"search space {override} {what}")
         return Path(override)
     if dataset.startswith("folder:"):
         raise SearchSpaceError(f"dataset {dataset!r} has no default search space: pass --space")

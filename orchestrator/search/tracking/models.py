@@ -67,10 +67,16 @@ def load_logged_generator(run_id: str, uri: str) -> tuple[Callable[[torch.Tensor
         raise ConfigError(f"cannot read run {run_id} from {uri}: {first_line(err)}") from None
     model_uri = run.data.tags.get(RUN_MODEL_TAG)
     if model_uri:
-        with tracking_uri_set(uri):
-            info = mlflow.models.get_model_info(model_uri)
-            model = mlflow.pytorch.load_model(model_uri)
-        return model, int(info.signature.inputs.inputs[0].shape[-1]), model_uri
+        try:
+            with tracking_uri_set(uri):
+                info = mlflow.models.get_model_info(model_uri)
+                model = mlflow.pytorch.load_model(model_uri)
+            nz = int(info.signature.inputs.inputs[0].shape[-1])
+        # a tag edited by hand, a model deleted from the store
+        except (MlflowException, OSError, ValueError, AttributeError, IndexError) as err:
+            raise ConfigError(f"run {run_id}: its model {model_uri} cannot be loaded "
+                              f"({first_line(err)})") from None
+        return model, nz, model_uri
     with tempfile.TemporaryDirectory() as folder:
         try:
             local = client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, folder)

@@ -7,6 +7,7 @@ MLflow is imported inside the functions that use it: the commands that import th
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from orchestrator.atomic import check_writable_folder
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, first_line
 from orchestrator.metrics.health import FAILED, LOST
 
 if TYPE_CHECKING:
@@ -37,7 +38,8 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 BOUNDED_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 # what MLflow can track to (a "+driver" suffix allowed: postgresql+psycopg2://...)
-STORE_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "file", "databricks")
+# (not file://: MLflow 3's file store refuses new work, it is in "maintenance mode")
+STORE_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
@@ -70,18 +72,37 @@ def check_store(uri: str, reading: bool) -> None:
         raise ConfigError(f"--mlflow-uri {uri}: a sqlite store is sqlite:///FILE (four slashes for an "
                           "absolute path)")
     path = Path(uri.removeprefix("sqlite:///"))
-    if path.is_dir():
-        raise ConfigError(f"--mlflow-uri {uri}: {path} is a folder, not a database file")
+    if path.exists() and not path.is_file():  # a folder, or a pipe that would never answer
+        raise ConfigError(f"--mlflow-uri {uri}: {path} is {'a folder' if path.is_dir() else 'not a file'}, "
+                          "not a database file")
     if path.exists():
         with path.open("rb") as f:
             head = f.read(len(SQLITE_HEADER))
         if head != SQLITE_HEADER:
             kind = "an empty file" if not head else "not a SQLite database"
             raise ConfigError(f"--mlflow-uri {uri}: {path} is {kind}, not an MLflow store")
+        tables = _sqlite_tables(path)
+        # MLflow would add its tables to any database: another program's (an Optuna study), or an
+        # empty one a command that only reads was pointed at
+        if "experiments" not in tables and (tables or reading):
+            held = "no tables" if not tables else "its tables: " + ", ".join(sorted(tables)[:5])
+            raise ConfigError(f"--mlflow-uri {uri}: {path} is a SQLite database but not an MLflow store "
+                              f"({held})")
     elif reading:
         raise ConfigError(f"--mlflow-uri {uri}: no such database file")
     else:
         check_writable_folder(path.parent, f"--mlflow-uri {uri}")
+
+
+def _sqlite_tables(path: Path) -> set[str]:
+    """The tables of the SQLite database at ``path``, opened read-only (never changed)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as err:
+        raise ConfigError(f"--mlflow-uri sqlite:///{path}: cannot read the database ({err})") from None
 
 
 def is_server(uri: str) -> bool:
@@ -114,11 +135,14 @@ def check_tracking_server(uri: str | None) -> None:
     check_database(uri)
     if not uri or not uri.startswith(("http://", "https://")):
         return
+    import http.client
     import urllib.error
     import urllib.request
 
     try:
         urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=15)
+    except (ValueError, http.client.InvalidURL) as err:  # http://[::1, http://host:abc
+        raise ConfigError(f"--mlflow-uri {uri}: not a valid URL ({first_line(err)})") from None
     except urllib.error.HTTPError:
         return  # something answered: MLflow's own errors, if any, come with their own message
     except OSError as err:
