@@ -21,7 +21,7 @@ import pandas as pd
 
 from orchestrator.atomic import check_writable_folder
 from orchestrator.cli import UsageParser, path_arg, run_main
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, first_line
 from orchestrator.metrics.registry import Objective, objective_named
 from orchestrator.search.reporting import NUMBER, Trials, pick_figures, pictures_beside, write_report
 from orchestrator.search.tracking.store import read_pictures, read_search, tracking_uri
@@ -72,7 +72,11 @@ def from_tune(folder: Path) -> Trials:
 
     from orchestrator.search.summary import results_table
 
-    analysis = ExperimentAnalysis(str(folder.resolve()))  # pyarrow reads a relative path as a URI
+    try:
+        analysis = ExperimentAnalysis(str(folder.resolve()))  # pyarrow reads a relative path as a URI
+    # a damaged state file makes Tune's reader raise whatever its parsing meets first
+    except Exception as err:
+        raise ConfigError(f"{folder}: Tune's experiment state cannot be read ({first_line(err)})") from None
     goal = _objective([t.last_result or {} for t in analysis.trials], folder)
     max_evals = max(int(t.stopping_criterion.get("training_iteration", 0)) for t in analysis.trials)
     table = results_table(ResultGrid(analysis), goal, max_evals)

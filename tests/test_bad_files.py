@@ -17,6 +17,7 @@ from PIL import Image
 
 from orchestrator.cli import run_main
 from orchestrator.fid import main as fid_main
+from orchestrator.report import main as report_main
 from orchestrator.sample import cli_main as sample_cli
 from orchestrator.search.cli import cli_main as search_cli
 from orchestrator.train import cli_main as train_cli
@@ -141,3 +142,26 @@ def test_damaged_dataset_files_are_one_line(tmp_path: Path, capsys: pytest.Captu
     err = _one_line(search_cli, ["food101", "--data-root", str(tmp_path), "--classes", "apple_pie",
                                  "--storage", str(tmp_path / "runs"), "--dry-run"], capsys)
     assert "classes.txt" in err
+
+
+@pytest.mark.parametrize("state", [b"{garbage", b"{}", b"[]", b"", b"\x8c\x00\xff"])
+def test_report_on_a_damaged_tune_state_is_one_line(state: bytes, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "experiment_state-2026-12-03_21-00-00.json").write_bytes(state)
+    err = _one_line(lambda argv: run_main(report_main, argv), [str(tmp_path), "--out", str(tmp_path / "r")],
+                    capsys)
+    assert "Tune's experiment state cannot be read" in err
+    assert (tmp_path / "experiment_state-2026-12-03_21-00-00.json").read_bytes() == state
+
+
+def test_report_on_a_run_no_search_logged_is_one_line(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)
+    client.create_run(client.create_experiment("x"), tags={"role": "search"})  # no 'metric' tag
+    capsys.readouterr()  # MLflow's lines as it made the store
+    err = _one_line(lambda argv: run_main(report_main, argv), ["x", "--mlflow-uri", uri, "--out",
+                                                                str(tmp_path / "r")], capsys)
+    assert "has no 'metric' tag: not a search this program logged" in err

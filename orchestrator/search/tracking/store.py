@@ -37,6 +37,8 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 # MLflow's HTTP client retries a down server for minutes by default: every command bounds it
 BOUNDED_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+# a command that reads a store prints one line of its own, not MLflow's download bars
+QUIET = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 # what MLflow can track to (a "+driver" suffix allowed: postgresql+psycopg2://...)
 # (not file://: MLflow 3's file store refuses new work, it is in "maintenance mode")
 STORE_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
@@ -53,7 +55,7 @@ def tracking_uri(flag: str | None, needer: str) -> str:
                           "sqlite:///STORAGE/NAME/mlflow.db)")
     check_store(uri, reading=True)
     check_tracking_server(uri)
-    for key, value in BOUNDED_HTTP.items():  # before MLflow's client reads them
+    for key, value in {**BOUNDED_HTTP, **QUIET}.items():  # before MLflow's client reads them
         os.environ.setdefault(key, value)
     return uri
 
@@ -273,6 +275,9 @@ def read_search(experiment: str, uri: str) -> LoggedSearch:
     if not parents:
         raise ConfigError(f"MLflow experiment {found.name!r} holds no search run")
     parent = parents[0]
+    if METRIC_TAG not in parent.data.tags:
+        raise ConfigError(f"the search run {parent.info.run_id} of {found.name!r} has no {METRIC_TAG!r} tag: "
+                          "not a search this program logged")
     key = parent.data.tags[METRIC_TAG].removesuffix("_best")
     children = client.search_runs([found.experiment_id],
                                   filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
