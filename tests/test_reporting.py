@@ -68,7 +68,7 @@ def test_the_report_marks_the_front_and_holds_its_pictures(tmp_path: Path) -> No
 
 def test_the_page_shows_the_plots_and_the_last_evaluations_sheets() -> None:
     files = ["plots/fid_over_time.png", "plots/report-quality_vs_cost.png", "plots/param_importance.png",
-             "contact_sheets/eval_0001.png", "contact_sheets/eval_0002.png", "contact_sheets/eval_0002-p2.png"]
+             *(f"contact_sheets/{name}.png" for name in ("eval_0001", "eval_0002", "eval_0002-p2"))]
     assert pick_figures(files) == {
         "search plot: fid_over_time": "plots/fid_over_time.png",
         "search plot: param_importance": "plots/param_importance.png",
