@@ -90,6 +90,8 @@ def device_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a device: auto, cpu, cuda or cuda:N") from None
     if device.type not in ("cpu", "cuda", "mps"):
         raise argparse.ArgumentTypeError(f"{text!r}: this program computes on cpu, cuda or mps")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: this PyTorch has no mps device here; use cpu or cuda")
     return text
 
 

@@ -163,7 +163,10 @@ class _LazyExtractor:
 
 
 def _folder_images(folder: Path) -> list[Path]:
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    try:
+        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    except OSError as err:
+        raise DataError(f"{folder}: cannot list its images ({err.strerror})") from None
     if len(files) < 2:
         raise DataError(f"{folder}: FID needs at least 2 images, found {len(files)}")
     return files

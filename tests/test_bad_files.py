@@ -78,6 +78,7 @@ def test_space_files_that_are_not_space_files(argv: list[str], message: str, fil
     (["shapes", "--config", "FILES/pipe.yaml"], "pipe.yaml: not a file"),
     (["shapes", "--device", "bogus"], "argument --device: 'bogus' is not a device"),
     (["shapes", "--device", ""], "argument --device: '' is not a device"),
+    (["shapes", "--device", "mps"], "argument --device: 'mps': this PyTorch has no mps device here"),
 ])
 def test_train_refuses_files_and_devices_that_are_not(argv: list[str], message: str, files: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
@@ -165,3 +166,9 @@ def test_report_on_a_run_no_search_logged_is_one_line(tmp_path: Path,
     err = _one_line(lambda argv: run_main(report_main, argv), ["x", "--mlflow-uri", uri, "--out",
                                                                 str(tmp_path / "r")], capsys)
     assert "has no 'metric' tag: not a search this program logged" in err
+
+
+def test_a_home_folder_of_nobody_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = _one_line(search_cli, ["mnist", "--data-root", "~nosuchuser-orchestrator/x", "--storage",
+                                 str(tmp_path / "runs"), "--dry-run"], capsys)
+    assert err == "error: ~nosuchuser-orchestrator/x: no such user's home folder"

@@ -152,13 +152,20 @@ def finder(spec: DataSpec) -> Callable[[DataSpec], Source]:
 
 def _data_root(spec: DataSpec) -> Path:
     if spec.root is not None:
-        return Path(spec.root).expanduser()
+        return _home_expanded(spec.root)
     default = Path.home() / ".cache" / "orchestrator" / "datasets"
-    return Path(os.environ.get("ORCHESTRATOR_DATA", default)).expanduser()
+    return _home_expanded(os.environ.get("ORCHESTRATOR_DATA", default))
 
 
 def _folder_root(spec: DataSpec) -> Path:
-    return Path(spec.name[len(FOLDER_PREFIX) :]).expanduser().resolve()
+    return _home_expanded(spec.name[len(FOLDER_PREFIX) :]).resolve()
+
+
+def _home_expanded(path: str | Path) -> Path:
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # ~someone who has no account here
+        raise DataError(f"{path}: no such user's home folder") from None
 
 
 def _expected_path(spec: DataSpec) -> Path:

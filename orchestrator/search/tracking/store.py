@@ -78,8 +78,11 @@ def check_store(uri: str, reading: bool) -> None:
         raise ConfigError(f"--mlflow-uri {uri}: {path} is {'a folder' if path.is_dir() else 'not a file'}, "
                           "not a database file")
     if path.exists():
-        with path.open("rb") as f:
-            head = f.read(len(SQLITE_HEADER))
+        try:
+            with path.open("rb") as f:
+                head = f.read(len(SQLITE_HEADER))
+        except OSError as err:
+            raise ConfigError(f"--mlflow-uri {uri}: cannot read {path} ({err.strerror})") from None
         if head != SQLITE_HEADER:
             kind = "an empty file" if not head else "not a SQLite database"
             raise ConfigError(f"--mlflow-uri {uri}: {path} is {kind}, not an MLflow store")
