@@ -72,6 +72,17 @@ def share(text: str) -> float:
     return value
 
 
+MAX_EPOCHS = 1e6  # a million passes: far past any GAN's budget, and its steps still fit a count
+
+
+def epochs_arg(text: str) -> float:
+    """A flag's type: passes over the data, above 0 and at most ``MAX_EPOCHS``."""
+    value = positive(text)
+    if value > MAX_EPOCHS:
+        raise argparse.ArgumentTypeError(f"{text} must be at most {MAX_EPOCHS:,.0f}")
+    return value
+
+
 def nonempty(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")

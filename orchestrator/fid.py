@@ -20,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from orchestrator.atomic import check_writable_folder
-from orchestrator.cli import UsageParser, count, device_arg, path_arg, run_main
+from orchestrator.cli import UsageParser, count, device_arg, nonempty, path_arg, run_main
 from orchestrator.config import IMAGE_SUFFIXES, RunSettings, default_cache_dir
 from orchestrator.errors import ConfigError, DataError, did_you_mean, first_line
 from orchestrator.metrics.fid import FeatureStats, extract_stats, fid, metric_name
@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m orchestrator.fid",
         description="The FID between two image sources, computed with the search's own code and caches.",
     )
-    p.add_argument("a", metavar="A", help="folder of images, .npz statistics or dataset name")
-    p.add_argument("b", metavar="B", nargs="?", help="the second source (omit with --save-stats)")
+    p.add_argument("a", metavar="A", type=nonempty, help="folder of images, .npz statistics or dataset name")
+    p.add_argument("b", metavar="B", type=nonempty, nargs="?",
+                   help="the second source (omit with --save-stats)")
     p.add_argument(
         "--n",
         type=count,

@@ -20,8 +20,8 @@ from orchestrator.cli import (
     add_run_flags,
     count,
     device_arg,
+    epochs_arg,
     path_arg,
-    positive,
     run_main,
     run_settings,
     seed_number,
@@ -46,7 +46,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("dataset", help=f"one of {', '.join(sources.DATASETS)} or folder:PATH")
     p.add_argument("--config", type=path_arg, help="trial hyperparameters as YAML (TrialConfig keys)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=positive, help="passes over the training images (default 5)")
+    budget.add_argument("--epochs", type=epochs_arg, help="passes over the training images (default 5)")
     budget.add_argument("--steps", type=count, help="generator steps, instead of --epochs")
     p.add_argument("--resolution", type=count, help="32 or 64 (default: the search space's)")
     p.add_argument("--out", type=path_arg, help="output folder (default runs/train-DATASET-TIME)")

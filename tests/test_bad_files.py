@@ -172,3 +172,51 @@ def test_a_home_folder_of_nobody_is_one_line(tmp_path: Path, capsys: pytest.Capt
     err = _one_line(search_cli, ["mnist", "--data-root", "~nosuchuser-orchestrator/x", "--storage",
                                  str(tmp_path / "runs"), "--dry-run"], capsys)
     assert err == "error: ~nosuchuser-orchestrator/x: no such user's home folder"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["shapes", "--storage", "ftp://host/x", "--mlflow-uri", "sqlite:///FILES/m.db"],
+     "--storage ftp://host/x: results go to a folder or to s3"),
+    (["shapes", "--study-storage", "garbage"], "--study-storage garbage: not a database URL"),
+    (["shapes", "--study-storage", "redis://localhost/0"], "not a database URL"),
+    (["shapes", "--study-storage", "sqlite:///FILES"], "is not a database file"),
+    (["shapes", "--study-storage", "sqlite:///FILES/garbage/a.png"], "is not a SQLite database"),
+])
+def test_stores_of_the_wrong_kind_are_refused_in_the_dry_run(argv: list[str], message: str, files: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [a.replace("FILES", str(files)) for a in argv]
+    storage = [] if "--storage" in argv else ["--storage", str(files / "runs")]
+    assert message in _one_line(search_cli, [*argv, *storage, "--dry-run"], capsys)
+
+
+def test_a_resume_whose_record_is_not_a_search_is_one_line(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "runs" / "s").mkdir(parents=True)
+    (tmp_path / "runs" / "s" / "orchestrator.json").write_text("[]")
+    err = _one_line(search_cli, ["shapes", "--name", "s", "--resume", "--storage", str(tmp_path / "runs"),
+                                 "--dry-run"], capsys)
+    assert "orchestrator.json is damaged" in err
+
+
+def test_a_ray_address_where_nothing_answers_is_one_line() -> None:
+    import socket
+
+    from orchestrator.errors import ConfigError
+    from orchestrator.search.plan import check_ray_address
+
+    with pytest.raises(ConfigError, match=r"--address 127.0.0.1:9: no Ray cluster answers there"):
+        check_ray_address("127.0.0.1:9", timeout=2)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        check_ray_address(f"ray://127.0.0.1:{listening.getsockname()[1]}")  # it answers: Ray judges the rest
+    check_ray_address("auto")
+
+
+def test_sources_and_budgets_that_make_no_sense(files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    np.savez(files / "complex.npz", mu=np.zeros(4) + 1j, sigma=np.eye(4))
+    assert "complex.npz: not a statistics file" in _one_line(_fid, [str(files / "complex.npz"),
+                                                                    str(files / "four.npz")], capsys)
+    assert "argument A: must not be empty" in _one_line(_fid, ["", str(files / "four.npz")], capsys)
+    assert "argument --epochs: 1e30 must be at most 1,000,000" in _one_line(
+        train_cli, ["shapes", "--epochs", "1e30", "--out", str(files / "out")], capsys)

@@ -146,6 +146,8 @@ class FeatureStats:
         """Statistics saved by ``save``, or pytorch-fid's ``.npz`` (``mu``/``sigma`` only)."""
         try:
             with np.load(path, allow_pickle=False) as f:
+                if any(np.iscomplexobj(f[key]) for key in ("mu", "sigma")):  # a cast would drop a part
+                    raise ValueError("mu or sigma is complex")
                 mu, sigma = np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64)
                 n = int(f["n"]) if "n" in f.files else 0
                 meta = dict(json.loads(str(f["meta"]))) if "meta" in f.files else {}

@@ -15,7 +15,14 @@ from collections.abc import Sequence
 from orchestrator.cli import UsageParser, add_run_flags, count, positive, retries, run_main, share
 from orchestrator.data import dataset as datasets
 from orchestrator.data import sources
-from orchestrator.search.plan import check_new, check_outputs, check_resumable, make_plan, print_plan
+from orchestrator.search.plan import (
+    check_new,
+    check_outputs,
+    check_ray_address,
+    check_resumable,
+    make_plan,
+    print_plan,
+)
 from orchestrator.search.tracking.store import check_database, check_tracking_server
 
 
@@ -78,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     check_tracking_server(plan.tracking_uri)
     check_database(plan.study_storage, "--study-storage")
+    check_ray_address(plan.address)
     from orchestrator.search.runner import run_search  # heavy imports (ray, mlflow) only past validation
 
     return run_search(plan)

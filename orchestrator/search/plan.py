@@ -19,7 +19,7 @@ from typing import Any
 from orchestrator.atomic import atomic_write, check_writable_folder
 from orchestrator.cli import run_settings
 from orchestrator.config import CPU_BUDGET, RunSettings
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, first_line
 from orchestrator.gan.placement import place
 from orchestrator.search.space import SearchSpace, describe, load_space, space_path, startup_trials
 from orchestrator.search.tracking.store import check_store
@@ -27,6 +27,7 @@ from orchestrator.search.tracking.store import check_store
 log = logging.getLogger("orchestrator.search")
 
 STATE_FILE = "orchestrator.json"  # beside Tune's experiment state: the MLflow ids of this search
+REMOTE_STORAGE = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss")  # pyarrow's file systems, as Tune reads them
 # an experiment name is one folder under --storage and one MLflow experiment
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # one trial at a time, so the weak second start point meets the first at the first rung
@@ -105,6 +106,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise ConfigError(f"--gpus-per-trial {gpus:g}: this machine has {_gpu_count()} GPUs, so no trial "
                           "could start")
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
+    if "://" in storage and storage.split("://", 1)[0] not in REMOTE_STORAGE:
+        raise ConfigError(f"--storage {storage}: results go to a folder or to {', '.join(REMOTE_STORAGE)}:// "
+                          "(the file systems Tune writes to)")
     if "://" in storage and not args.mlflow_uri:
         raise ConfigError("remote --storage needs --mlflow-uri (a sqlite store cannot live there)")
     # the budget the search will really run (flags, then --smoke-test or the CPU budget, override the
@@ -255,9 +259,47 @@ def check_outputs(plan: Plan) -> None:
     check_writable_folder(plan.settings.cache_dir, f"cache folder {plan.settings.cache_dir}")
     if plan.tracking_uri:
         check_store(plan.tracking_uri, reading=False)
-    if plan.study_storage and plan.study_storage.startswith("sqlite:///"):
-        check_writable_folder(Path(plan.study_storage.removeprefix("sqlite:///")).parent,
-                              f"--study-storage {plan.study_storage}")
+    if plan.study_storage:
+        _check_study_storage(plan.study_storage)
+
+
+STUDY_SCHEMES = ("sqlite", "postgresql", "mysql")  # Optuna's RDB storage, SQLAlchemy URLs
+
+
+def _check_study_storage(url: str) -> None:
+    flag = f"--study-storage {url}"
+    if url.split("://", 1)[0].split("+", 1)[0] not in STUDY_SCHEMES or "://" not in url:
+        raise ConfigError(f"{flag}: not a database URL (use sqlite:///FILE or postgresql://USER@HOST/DB)")
+    if not url.startswith("sqlite"):
+        return
+    path = Path(url.removeprefix("sqlite:///"))
+    if not url.startswith("sqlite:///") or url == "sqlite:///":
+        raise ConfigError(f"{flag}: a sqlite study is sqlite:///FILE (four slashes for an absolute path)")
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{flag}: {path} is not a database file")
+    if path.is_file() and path.stat().st_size and path.read_bytes()[:16] != b"SQLite format 3\x00":
+        raise ConfigError(f"{flag}: {path} is not a SQLite database")
+    check_writable_folder(path.parent, flag)
+
+
+def check_ray_address(address: str | None, timeout: float = 10.0) -> None:
+    """A cluster named by ``--address`` answers: Ray would retry a wrong one for minutes, after the
+    data and the reference statistics. ``auto`` is Ray's to find (a `ray job submit` driver)."""
+    if not address or address == "auto":
+        return
+    import socket
+
+    rest = address.removeprefix("ray://")
+    host, _, port = rest.rpartition(":")
+    if not host:  # no port: Ray's own (the client server's, or the head's GCS)
+        host, port = rest, "10001" if address.startswith("ray://") else "6379"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return
+    except (OSError, ValueError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else first_line(err)
+        raise ConfigError(f"--address {address}: no Ray cluster answers there ({reason}); start it "
+                          "(ray start --head), or leave out --address to run here") from None
 
 
 def check_new(plan: Plan) -> None:
@@ -280,9 +322,12 @@ def check_resumable(plan: Plan) -> None:
     except (OSError, ValueError) as err:  # unreadable, not JSON, not UTF-8
         raise ConfigError(f"--resume: cannot read {plan.experiment_dir}/{STATE_FILE}: "
                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    if not isinstance(state, dict) or not state.get("parent_run_id"):
+        raise ConfigError(f"--resume: {plan.experiment_dir}/{STATE_FILE} is damaged (not the record a search "
+                          "writes); the search cannot resume from it")
     if "://" not in plan.storage:
         _check_tune_state(Path(plan.experiment_dir))
-    started = state.get("identity") if isinstance(state, dict) else None
+    started = state.get("identity")
     if not isinstance(started, dict):
         return  # written before searches recorded their identity: nothing to compare
     now = json.loads(json.dumps(search_identity(plan)))

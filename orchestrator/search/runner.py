@@ -225,11 +225,16 @@ def _parent_run(plan: Plan, client: Any, uri: str, identity: dict[str, str]) -> 
     tags = {"git_commit": git_commit(), "space_file": str(plan.space.path),
             store.METRIC_TAG: goal.best_key, **identity}
     run_id = store.start_parent_run(client, experiment_id, plan.name, params, tags)
-    store.log_file(client, run_id, plan.space.path, "search")
-    state = {"experiment_id": experiment_id, "parent_run_id": run_id, "tracking_uri": uri,
-             "identity": search_identity(plan),
-             "command": "python -m orchestrator.search " + shlex.join(plan.argv)}
-    write_state(plan, state)
+    try:
+        store.log_file(client, run_id, plan.space.path, "search")
+        state = {"experiment_id": experiment_id, "parent_run_id": run_id, "tracking_uri": uri,
+                 "identity": search_identity(plan),
+                 "command": "python -m orchestrator.search " + shlex.join(plan.argv)}
+        write_state(plan, state)
+    except BaseException:  # the artifact store refused the space file: never a run left RUNNING
+        with contextlib.suppress(Exception):
+            store.end_run(client, run_id, "FAILED")
+        raise
     return state
 
 
