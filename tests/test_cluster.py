@@ -48,6 +48,7 @@ def test_head_keeps_trials_off_and_services_on_localhost(cluster: dict) -> None:
     server = next(c for c in cluster["head_start_ray_commands"] if "mlflow server" in c)
     assert "--host 127.0.0.1" in server and "--artifacts-destination s3://" in server
     assert "--backend-store-uri sqlite:" in server
+    assert "--app-name orchestrator" in server  # the UI opens a search on its runs (ui_app.py)
 
 
 def test_images_and_spot_workers(cluster: dict) -> None:

@@ -85,6 +85,7 @@ def test_a_database_that_is_not_an_mlflow_store_is_never_changed(tmp_path: Path)
 @pytest.mark.parametrize("uri, message", [
     ("http://[::1", "not a valid URL"), ("http://127.0.0.1:abc", "not a valid URL"),
     ("file:///tmp/mlruns", "not a tracking URI"),
+    ("databricks://nosuchprofile", "no Databricks credentials for it"),
 ])
 def test_urls_that_are_not_urls_are_one_line(uri: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -138,6 +138,8 @@ def check_tracking_server(uri: str | None) -> None:
     """A tracking server or database that does not answer is bad input: one line now, not a
     traceback after the data and the reference statistics are done."""
     check_database(uri)
+    if uri and uri.startswith("databricks"):
+        _check_databricks(uri)
     if not uri or not uri.startswith(("http://", "https://")):
         return
     import http.client
@@ -154,6 +156,25 @@ def check_tracking_server(uri: str | None) -> None:
         reason = getattr(err, "reason", err)
         raise ConfigError(f"--mlflow-uri {uri}: no MLflow server answers ({reason}); start it, or leave "
                           "out --mlflow-uri for the embedded store") from None
+
+
+def _check_databricks(uri: str) -> None:
+    """Databricks credentials for ``uri`` are configured: MLflow would warn, then fail on the
+    first call with a message about the experiment."""
+    import logging
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.databricks_utils import get_databricks_host_creds
+
+    chatty = logging.getLogger("mlflow.utils.databricks_utils")
+    level, chatty.level = chatty.level, logging.ERROR  # its warning says what the line below says
+    try:
+        get_databricks_host_creds(uri)
+    except MlflowException:
+        raise ConfigError(f"--mlflow-uri {uri}: no Databricks credentials for it (run `databricks auth "
+                          "login`, or set DATABRICKS_HOST and DATABRICKS_TOKEN)") from None
+    finally:
+        chatty.setLevel(level)
 
 
 def default_tracking_uri(experiment_dir: Path) -> str:
