@@ -79,8 +79,12 @@ def test_smoke_search_against_tracking_server(tmp_path: Path, mlflow_server: str
     assert float(parent.data.tags[f"best_{FID}"]) == pytest.approx(best_fid, abs=1e-3)
     assert "results.csv" in [a.path for a in client.list_artifacts(parent.info.run_id)]
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    names = ("fid_over_time", "param_importance", "parallel_coordinates")
+    names = ("fid_over_time", "param_importance", "parallel_coordinates", "report-quality_vs_cost")
     assert plots == {f"plots/{name}.png" for name in names}
+    # the contact sheets and the report went to the server too (it keeps the artifacts)
+    sheets = {a.path for a in client.list_artifacts(parent.info.run_id, "contact_sheets")}
+    assert {f"contact_sheets/eval_000{k}.png" for k in (1, 2, 3)} | {"contact_sheets/index.json"} == sheets
+    assert "report.html" in [a.path for a in client.list_artifacts(parent.info.run_id)]
     # the same runs through the server's REST API, as any other client sees them
     body = json.dumps({"experiment_ids": [state["experiment_id"]]}).encode()
     request = urllib.request.Request(f"{mlflow_server}/api/2.0/mlflow/runs/search", data=body,
