@@ -177,6 +177,7 @@ def test_a_home_folder_of_nobody_is_one_line(tmp_path: Path, capsys: pytest.Capt
 @pytest.mark.parametrize("argv, message", [
     (["shapes", "--storage", "ftp://host/x", "--mlflow-uri", "sqlite:///FILES/m.db"],
      "--storage ftp://host/x: results go to a folder or to s3"),
+    (["shapes", "--storage", ""], "argument --storage: must not be empty"),
     (["shapes", "--study-storage", "garbage"], "--study-storage garbage: not a database URL"),
     (["shapes", "--study-storage", "redis://localhost/0"], "not a database URL"),
     (["shapes", "--study-storage", "sqlite:///FILES"], "is not a database file"),

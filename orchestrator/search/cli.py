@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from orchestrator.cli import UsageParser, add_run_flags, count, positive, retries, run_main, share
+from orchestrator.cli import UsageParser, add_run_flags, count, nonempty, positive, retries, run_main, share
 from orchestrator.data import dataset as datasets
 from orchestrator.data import sources
 from orchestrator.search.plan import (
@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=count, help="trials running at once (default 4)")
     p.add_argument("--max-failures", type=retries, default=3,
                    help="restarts of a crashed trial from its last checkpoint (default 3)")
-    p.add_argument("--storage", default="runs", help="Tune storage: a folder or a URI such as s3://bucket/x")
+    p.add_argument("--storage", type=nonempty, default="runs", help="Tune storage: a folder or a URI such as s3://bucket/x")
     p.add_argument("--mlflow-uri", help="tracking server, e.g. http://127.0.0.1:5000 (default: a sqlite file "
                    "beside the results)")
     p.add_argument("--study-storage", help="database URL for the Optuna study, e.g. postgresql://... "
