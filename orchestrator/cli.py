@@ -135,7 +135,8 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed_number, default=0, help="seeds the weights and the data order (a "
                    "search's Optuna sampler too)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="what trials compute in (default "
-                   "auto: bf16 on GPUs with native bf16, else fp16 with loss scaling; fp32 on the CPU)")
+                   "auto: bf16 on GPUs with native bf16, else fp16 with loss scaling; on the CPU bf16 where "
+                   "it has bf16 instructions, else fp32)")
     p.add_argument("--space", type=path_arg, help="search-space YAML whose resolution and budget are the "
                    "defaults (default search_spaces/DATASET.yaml)")
     p.add_argument("--eval-every", type=count, help="generator steps between evaluations (space default)")

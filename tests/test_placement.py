@@ -47,12 +47,37 @@ def _formats_match(net: torch.nn.Module, channels_last: bool) -> bool:
 # --- resolving a placement
 
 
-def test_cpu_defaults_to_fp32_with_fused_optimisers() -> None:
+def test_cpu_without_bf16_instructions_defaults_to_fp32_with_fused_optimisers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("orchestrator.gan.placement.cpu_bf16_native", lambda: False)
     cpu = place("cpu")
     assert (cpu.precision, cpu.channels_last, cpu.fused, cpu.amp_dtype) == ("fp32", False, True, None)
     assert cpu.grad_scaler() is None
     state = build_state(_config(), 3, 32, cpu, seed=0)
     assert state.opt_d.defaults["fused"] and state.scaler_d is None
+
+
+def test_cpu_with_bf16_instructions_defaults_to_bf16_channels_last(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("orchestrator.gan.placement.cpu_bf16_native", lambda: True)
+    cpu = place("cpu")
+    assert (cpu.precision, cpu.channels_last, cpu.amp_dtype) == ("bf16", True, torch.bfloat16)
+    assert cpu.grad_scaler() is None  # bf16 has fp32's range
+    assert place("cpu", "fp32").channels_last is False  # asked for fp32: the plain layout, as before
+
+
+def test_evaluation_scores_the_fp32_generator_whatever_the_trial_trains_in() -> None:
+    state = build_state(_config(), 3, 32, place("cpu", "bf16", channels_last=True), seed=0)
+    train_step(state, DeviceImages(blob_images(64), "cpu", channels_last=True))
+    z = torch.randn(16, state.config.nz, generator=torch.Generator().manual_seed(0))
+    net = state.eval_generator.eval()
+    with torch.no_grad():
+        fp32 = net(z)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            rounded = net(z).float()
+    images = generate(state, z)
+    assert torch.equal(images, fp32)
+    assert not torch.equal(images, rounded)  # a bf16 forward would differ: the check can fail
 
 
 @pytest.mark.parametrize(("native", "asked", "expected"), [
@@ -92,13 +117,19 @@ def test_a_ray_trial_takes_the_gpu_it_was_assigned(gpu_ids: list, visible: str, 
     assert trial_device("cpu", gpu_ids, visible) == torch.device("cpu")
 
 
-def test_search_records_and_checks_the_precision(capsys: pytest.CaptureFixture[str]) -> None:
+def test_search_records_and_checks_the_precision(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from orchestrator.search.cli import cli_main
 
     assert cli_main(["shapes", "--dry-run", "--precision", "bf16"]) == 0
     assert "on cpu in bf16" in capsys.readouterr().out
+    monkeypatch.setattr("orchestrator.gan.placement.cpu_bf16_native", lambda: False)
     assert cli_main(["shapes", "--dry-run"]) == 0
     assert "on cpu in fp32 (auto)" in capsys.readouterr().out
+    monkeypatch.setattr("orchestrator.gan.placement.cpu_bf16_native", lambda: True)
+    assert cli_main(["shapes", "--dry-run"]) == 0
+    assert "on cpu in bf16 (auto)" in capsys.readouterr().out
     assert cli_main(["shapes", "--dry-run", "--precision", "fp8"]) == 2  # one line, not argparse's usage
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "argument --precision: invalid choice: 'fp8'" in err
@@ -244,7 +275,7 @@ def test_the_runs_record_the_precision_asked_and_the_one_each_trial_used(smoke_s
     trials = client.search_runs([smoke_search["experiment_id"]], "tags.role = 'trial'")
     assert len(trials) == 4
     placed = {(run.data.tags["device"], run.data.tags["compute_precision"]) for run in trials}
-    assert placed == {("cpu", "fp32")}
+    assert placed == {("cpu", place("cpu").precision)}  # auto: bf16 where this CPU has it
     # the k-NN precision metric of the same reports is still a metric, not overwritten by the tag's value
     assert all(0 <= run.data.metrics["precision"] <= 1 for run in trials)
 

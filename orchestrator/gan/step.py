@@ -3,8 +3,9 @@
 ``build_state`` makes the nets and optimisers from a TrialConfig; ``train_step`` does ``n_critic``
 discriminator steps and one generator step. Where and in which number format it computes is the
 state's ``Placement`` (``orchestrator.gan.placement``): by default bf16 autocast with channels_last
-tensors on CUDA (fp16 with a gradient scaler on GPUs without native bf16), fp32 on the CPU; fused
-optimisers wherever torch has them. The step itself has no device branch: the CPU tests run it in
+tensors on CUDA (fp16 with a gradient scaler on GPUs without native bf16), on the CPU bf16 with
+channels_last where it has bf16 instructions and fp32 elsewhere; fused optimisers wherever torch
+has them. The step itself has no device branch: the CPU tests run it in
 every precision and memory format a GPU uses.
 
 ``python -m orchestrator.train DATASET`` trains one trial without Ray (see ``orchestrator.gan.trial``).
@@ -86,7 +87,7 @@ def build_state(
     seed: int,
 ) -> GANState:
     """A device alone is placed with its defaults (``placement.place``): bf16 + channels_last on
-    CUDA, fp32 on the CPU."""
+    CUDA, bf16 + channels_last or fp32 on the CPU (whether it has bf16 instructions)."""
     if not isinstance(placement, Placement):
         placement = place(placement)
     # weight init draws from the global generator: seed it inside a fork so callers are unaffected
@@ -248,13 +249,13 @@ def _update_ema(state: GANState) -> None:
 @torch.no_grad()
 def generate(state: GANState, z: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] from latents, with the evaluation generator in eval mode (running BN stats,
-    so a sample does not depend on what else is in its batch)."""
+    so a sample does not depend on what else is in its batch) and in fp32 whatever the trial trains
+    in: its weights are fp32 under autocast, and what is scored is the generator, not a bf16 forward."""
     net = state.eval_generator
     was_training = net.training
     net.eval()
     try:
-        with state.placement.autocast():
-            return net(z.to(state.device)).float()
+        return net(z.to(state.device)).float()
     finally:
         net.train(was_training)
 
