@@ -21,7 +21,8 @@ class FakeTrial:
     """What the logger reads of a Tune trial. Tune calls back before last_result holds the result."""
 
     def __init__(self, trial_id: str) -> None:
-        self.trial_id, self.config, self.last_result = trial_id, {"lr_g": 1e-4}, None
+        self.config = {"lr_g": 1e-4, "lr_d": 0.000312, "ngf": 32}
+        self.trial_id, self.last_result = trial_id, None
 
     def __str__(self) -> str:
         return f"GanTrainable_{self.trial_id}"
@@ -32,13 +33,17 @@ def test_first_result_creates_the_run_dated_from_the_trial_start(tmp_path: Path)
     client = MlflowClient(uri)
     experiment = ensure_experiment(client, "t", (tmp_path / "artifacts").as_uri())
     parent = start_parent_run(client, experiment, "search", {}, {})
-    logger = pickle.loads(pickle.dumps(MlflowTrialLogger(uri, experiment, parent, max_evals=3)))
+    keys = ("loss", "lr_g", "lr_d", "ngf")
+    logger = MlflowTrialLogger(uri, experiment, parent, max_evals=3, name_keys=keys)
+    logger = pickle.loads(pickle.dumps(logger))
     started = time.time() - 60
     trial = FakeTrial("abc")
     result = {"step": 40, "fid32": 12.5, "started_at": started, "node_ip": "10.0.0.7", "node_id": "n1"}
     logger.on_trial_result(1, [], trial, result)
     (run,) = client.search_runs([experiment], "tags.trial_id = 'abc'")
     assert run.info.start_time == int(started * 1000)
+    # named so a person tells the trials apart in the UI, not GanTrainable_abc
+    assert run.info.run_name == "abc lr_g 1e-04 lr_d 3e-04 ngf 32"
     assert run.data.tags["node_ip"] == "10.0.0.7" and run.data.tags["mlflow.parentRunId"] == parent
     assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "fid32")] == [(40, 12.5)]
     assert "started_at" not in run.data.metrics and float(run.data.params["lr_g"]) == 1e-4
