@@ -58,14 +58,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _settings(args: argparse.Namespace) -> RunSettings:
     """As a search of the dataset would run its trials: resolution, evaluation interval and FID
-    sample count from its search-space file (on a CPU, the search's CPU budget), unless a flag says
+    sample count from its search-space file (on a CPU, its cpu: section or the CPU budget), unless a flag says
     otherwise. A folder dataset without --space has no file and takes ``RunSettings``' own defaults."""
     fields = {"resolution": args.resolution, "eval_every": args.eval_every, "fid_n": args.fid_n}
     if args.space is not None or not args.dataset.startswith(sources.FOLDER_PREFIX):
         space = load_space(space_path(args.dataset, args.space))
+        on_cpu = args.space is None and resolve_device(args.device).type == "cpu"  # as a search here would
+        space = space.cpu if on_cpu and space.cpu is not None else space
         budget = {"resolution": space.resolution, "eval_every": space.budget.eval_every,
                   "fid_n": space.budget.fid_n}
-        if args.space is None and resolve_device(args.device).type == "cpu":  # as a search here would
+        if on_cpu and not space.variant:
             budget |= {key: CPU_BUDGET[key] for key in ("eval_every", "fid_n")}
         fields = {key: value if value is not None else budget[key] for key, value in fields.items()}
     given = {key: value for key, value in fields.items() if value is not None}

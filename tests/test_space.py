@@ -341,7 +341,32 @@ BAD_FILES = [
     (_edit("budget/max_evals", 10**21), ["budget.max_evals", str(10**21), "more than 2,147,483,647"]),
     (_edit("params", {}), ["params", "no sampled keys"]),
     (_edit("params", KeyError), ["missing required key 'params'"]),
+    # the cpu: section is checked like the file's own sections, and named as its own
+    (_edit("cpu", {"budgt": {}}), ["cpu", "unknown key 'budgt'", "did you mean 'budget'"]),
+    (_edit("cpu", {"resolution": 64}), ["cpu", "unknown key 'resolution'"]),
+    (_edit("cpu", {"params": {"lr_g": {"uniform": [1.0e-4, 1.0e-3]}}}), ["cpu.params.lr_g.uniform"]),
+    (_edit("cpu", {"budget": {"eval_every": 10}}), ["cpu.budget", "missing key 'max_evals'"]),
+    (_edit("cpu", {"budget": {**BASE["budget"], "num_samples": 0}}), ["cpu.budget.num_samples", "0", ">= 1"]),
+    (_edit("cpu", {"fixed": {"ngf": 32}}), ["params.ngf", "both fixed (32)"]),
+    (_edit("cpu", {"start": [{"lr_g": 1.0}]}), ["cpu.start[0].lr_g", "1.0"]),
+    (_edit("cpu", {"health": {"patience": 0}}), ["cpu", "patience=0"]),
+    (_edit("cpu", [1]), ["cpu", "expected a mapping"]),
 ]
+
+
+def test_the_cpu_section_replaces_what_it_gives(tmp_path: Path) -> None:
+    doc = copy.deepcopy(BASE)
+    doc["cpu"] = {"budget": {**BASE["budget"], "eval_every": 7, "num_samples": 3, "max_concurrent": 2},
+                  "params": {"lr_g": {"loguniform": [1.0e-4, 1.0e-3]}}, "fixed": {"ngf": 32}}
+    space = load_space(_write(tmp_path, doc))
+    cpu = space.cpu
+    assert cpu is not None and cpu.variant == "cpu" and space.variant == ""
+    assert (cpu.budget.eval_every, cpu.budget.num_samples, cpu.budget.max_concurrent) == (7, 3, 2)
+    assert (space.budget.num_samples, space.budget.max_concurrent) == (None, None)  # the command's
+    assert cpu.sampled_keys() == ["lr_g"] and cpu.fixed == {"ngf": 32}  # replaced, not merged
+    assert cpu.start == () and space.start  # start points of the file's params: not the cpu's
+    assert cpu.resolution == space.resolution and "its cpu: section" in describe(cpu)
+    assert space.sampled_keys() != cpu.sampled_keys()
 
 
 @pytest.mark.parametrize(("edit", "fragments"), BAD_FILES, ids=[str(b[1]) for b in BAD_FILES])

@@ -1,6 +1,6 @@
 """The search-space file format: its keys, their checks, and the Budget and Params they parse into.
 
-``parse_space`` reads one YAML file with a loader that rejects duplicate keys, checks every
+``read_space`` reads one YAML file with a loader that rejects duplicate keys; ``parse_space`` checks every
 section against a closed vocabulary and against ``TrialConfig``, and returns the validated pieces
 that ``orchestrator.space.load_space`` assembles into a ``SearchSpace``. Every mistake is one
 ``SearchSpaceError`` line naming the file, the key and the value.
@@ -27,9 +27,11 @@ from optuna.distributions import (
 from orchestrator.config import MAX_COUNT, RESOLUTIONS, TrialConfig, read_yaml
 from orchestrator.errors import ConfigError, SearchSpaceError, did_you_mean
 
-# a future `health:` section (failure-detector thresholds) is one more name here and one parser
-TOP_LEVEL_KEYS = ("resolution", "budget", "fixed", "params", "start", "health")
+TOP_LEVEL_KEYS = ("resolution", "budget", "fixed", "params", "start", "health", "cpu")
 REQUIRED_KEYS = ("resolution", "budget", "params")
+# `cpu:` holds what a search of the file runs where its trials compute on this machine's CPU: any of
+# these sections, each replacing the file's own (the file's are sized for GPUs)
+CPU_KEYS = ("budget", "fixed", "params", "start", "health")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 OPTIONS = {"choice": ("when",), "uniform": (), "loguniform": (), "int": ("step", "log")}
 FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(TrialConfig)}
@@ -48,6 +50,8 @@ class Budget:
     grace_period: int  # in evaluations
     reduction_factor: float
     fid_n: int  # images per FID, real and generated
+    num_samples: int | None = None  # trials; None: the command's default
+    max_concurrent: int | None = None  # trials at once; None: the command's default
 
     def rungs(self) -> list[int]:
         """The evaluations at which ASHA compares trials (Ray's milestones)."""
@@ -100,26 +104,53 @@ def walk_params(params: Sequence[Param], cond: Condition = ()) -> Iterator[tuple
 # --- parsing --------------------------------------------------------------------------------
 
 
-def parse_space(
-    path: Path,
-) -> tuple[int, Budget, dict[str, Any], tuple[Param, ...], tuple[dict[str, Any], ...], dict[str, Any]]:
-    """``path``'s resolution, budget, fixed, params, start points and raw YAML, all validated."""
+@dataclass(frozen=True)
+class Sections:
+    """One variant of a space file, validated: the file's own sections, or its ``cpu:`` variant."""
+
+    resolution: int
+    budget: Budget
+    fixed: dict[str, Any]
+    params: tuple[Param, ...]
+    start: tuple[dict[str, Any], ...]
+    health: Mapping[str, Any]  # thresholds, checked by HealthConfig
+
+
+def read_space(path: Path) -> dict[str, Any]:
+    """``path``'s YAML, its top-level keys checked."""
     top = _At(Path(path))
     raw = _read(top.path)
     _check_keys(raw, TOP_LEVEL_KEYS, top)
     for key in REQUIRED_KEYS:
         if key not in raw:
             raise top.error(f"missing required key {key!r}")
+    return raw
+
+
+def parse_space(path: Path, raw: Mapping[str, Any], cpu: bool = False) -> Sections:
+    """The sections of ``raw`` (read from ``path``), all validated; with ``cpu``, those its ``cpu:``
+    section gives replace the file's (errors name them ``cpu.params...``)."""
+    top = _At(Path(path))
     resolution = raw["resolution"]
     if not _is_int(resolution) or resolution not in RESOLUTIONS:
         raise (top / "resolution").error(f"{resolution!r} is not one of 32, 64")
-    fixed = _fixed(raw.get("fixed"), top / "fixed")
-    params = _params(raw["params"], top / "params")
+    over = _mapping(raw.get("cpu"), top / "cpu") if cpu else {}
+    _check_keys(over, CPU_KEYS, top / "cpu")
+
+    def section(key: str) -> tuple[Any, _At]:
+        return (over[key], top / "cpu" / key) if key in over else (raw.get(key), top / key)
+
+    fixed = _fixed(*section("fixed"))
+    params = _params(*section("params"))
     _check_occurrences(params, fixed, top)
     _check_against_config(params, fixed, top)
-    start = _start(raw.get("start"), params, fixed, top / "start")
-    budget = _budget(raw["budget"], top / "budget")
-    return resolution, budget, fixed, params, start, raw
+    # start points name sampled keys: a cpu: section that replaces the params brings its own (or none)
+    points, at = section("start") if "start" in over or "params" not in over else ([], top / "cpu" / "start")
+    start = _start(points, params, fixed, at)
+    health, at = section("health")
+    if health is not None and not isinstance(health, Mapping):
+        raise at.error(f"expected a mapping of thresholds, got {health!r}")
+    return Sections(resolution, _budget(*section("budget")), fixed, params, start, health or {})
 
 
 @dataclass(frozen=True)
@@ -162,13 +193,16 @@ def _mapping(node: Any, at: _At) -> Mapping[Any, Any]:
 
 def _budget(node: Any, at: _At) -> Budget:
     names = [f.name for f in dataclasses.fields(Budget)]
+    optional = ("num_samples", "max_concurrent")
     node = _mapping(node, at)
     _check_keys(node, names, at)
     for name in names:
-        if name not in node:
+        if name not in node and name not in optional:
             raise at.error(f"missing key {name!r}")
-    for name in ("eval_every", "max_evals", "grace_period", "fid_n"):
+    for name in ("eval_every", "max_evals", "grace_period", "fid_n", *optional):
         least = 2 if name == "fid_n" else 1
+        if name not in node:
+            continue
         if not _is_int(node[name]) or node[name] < least:
             raise (at / name).error(f"{node[name]!r} must be an integer >= {least}")
         if node[name] > MAX_COUNT:

@@ -9,6 +9,7 @@ and the value; ``search_spaces/shapes.yaml`` is the commented reference for the 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,7 @@ from orchestrator.search.schema import (
     describe_distribution,
     is_number,
     parse_space,
+    read_space,
     walk_params,
 )
 
@@ -56,6 +58,9 @@ class SearchSpace:
     start: tuple[Mapping[str, Any], ...]
     raw: Mapping[str, Any]  # the parsed YAML, logged as an artifact
     health: HealthConfig = field(default_factory=HealthConfig)  # failure-detector thresholds
+    # the file's `cpu:` variant: what a search runs where its trials compute on this machine's CPU
+    cpu: SearchSpace | None = None
+    variant: str = ""  # "cpu" for that variant itself
 
     @property
     def conditional(self) -> bool:
@@ -99,12 +104,17 @@ class SearchSpace:
 def load_space(path: Path) -> SearchSpace:
     """Parse and validate ``path``; every problem is a one-line SearchSpaceError."""
     path = Path(path)
-    resolution, budget, fixed, params, start, raw = parse_space(path)
-    health = raw.get("health") or {}
-    if not isinstance(health, Mapping):
-        raise SearchSpaceError(f"{path}: health: expected a mapping of thresholds, got {health!r}")
-    return SearchSpace(path, resolution, budget, fixed, params, start, raw,
-                       HealthConfig.from_dict(health, str(path)))
+    raw = read_space(path)
+
+    def variant(cpu: bool) -> SearchSpace:
+        s = parse_space(path, raw, cpu)
+        own = cpu and "health" in (raw["cpu"] or {})
+        health = HealthConfig.from_dict(s.health, f"{path}: cpu" if own else str(path))
+        return SearchSpace(path, s.resolution, s.budget, s.fixed, s.params, s.start, raw, health,
+                           variant="cpu" if cpu else "")
+
+    cpu = variant(cpu=True) if "cpu" in raw else None
+    return dataclasses.replace(variant(cpu=False), cpu=cpu)
 
 
 def space_path(dataset: str, override: Path | None = None) -> Path:
@@ -180,7 +190,8 @@ def describe(space: SearchSpace) -> str:
     """The resolved space, one key a line, for --dry-run."""
     b = space.budget
     lines = [
-        f"search space {space.path}",
+        f"search space {space.path}" + (" (its cpu: section, for trials on this machine's CPU)"
+                                        if space.variant == "cpu" else ""),
         f"  resolution  {space.resolution} px",
         f"  budget      an evaluation (FID on {b.fid_n} images) every {b.eval_every} steps,"
         f" at most {b.max_evals} ({b.eval_every * b.max_evals} steps); ASHA rungs at"
