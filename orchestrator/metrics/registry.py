@@ -147,6 +147,11 @@ def _diversity(e: Evaluation) -> dict[str, float]:
     return diversity_metrics(e.real_ref, e.features)
 
 
+# what a summary shows beside a trial's best FID, from that same evaluation, where the dataset's
+# classes can be read off the pixels (shapes): a count a person can check against the samples
+GROUND_TRUTH = ("mode_coverage", "decodable")
+
+
 @register("modes", lambda n: {"mode_coverage": "max", "mode_entropy": "max", "decodable": "max"})
 def _modes(e: Evaluation) -> dict[str, float]:
     return {} if e.labels is None else mode_metrics(e.labels, e.classes)

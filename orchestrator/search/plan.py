@@ -34,6 +34,8 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SMOKE = {"num_samples": 4, "max_evals": 3, "grace_period": 1, "reduction_factor": 2, "eval_every": 40,
          "fid_n": 128, "limit": 2000, "max_concurrent": 1}
 STUDY_FILE = "optuna.db"  # beside the results: the search's Optuna study
+SMOKE_NOTE = ("smoke test: checks the machinery (data, trials, ASHA, MLflow, the pictures) in minutes, not "
+              "quality: a few hundred steps teach a GAN nothing; without --smoke-test a search trains one")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +60,9 @@ class Plan:
     address: str | None = None  # an existing Ray cluster, else a local one
     resume: bool = False
     argv: tuple[str, ...] = ()  # as typed, for the parent run's params
+    smoke_test: bool = False  # --smoke-test: a check of the machinery, not of quality (said in the plan)
     smoke_weak_start: bool = False  # --smoke-test added a start point that barely learns (said in the plan)
-    cpu_budget: bool = False  # no GPU: CPU_BUDGET stood in for the space file's (said in the plan)
+    cpu_budget: bool = False  # no GPU: the space's cpu: section (or CPU_BUDGET) stood in (said in the plan)
 
     @property
     def experiment_dir(self) -> str:
@@ -68,7 +71,6 @@ class Plan:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     space = load_space(space_path(args.dataset, args.space))
-    budget = space.budget
     if args.smoke_test:
         space = _with_weak_start(space)
     if args.reduction_factor is not None and not args.reduction_factor >= 2:
@@ -86,7 +88,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
         place("cuda", args.precision)  # e.g. bf16 on a GPU without it: one line now, not in every trial
     # what overrides the space file's budget, value by value (a flag overrides both)
     cpu_budget = device == "cpu" and not args.address and not args.smoke_test and args.space is None
-    overlay = SMOKE if args.smoke_test else CPU_BUDGET if cpu_budget else {}
+    if cpu_budget and space.cpu is not None:
+        space = space.cpu  # the file's own cpu: section, its budget and ranges sized for this machine
+    overlay = SMOKE if args.smoke_test else CPU_BUDGET if cpu_budget and not space.variant else {}
+    budget = space.budget
     settings = run_settings(
         args,
         resolution=space.resolution,
@@ -97,7 +102,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         health=space.health,
     )
     max_evals = args.max_evals or overlay.get("max_evals") or budget.max_evals
-    max_concurrent = args.max_concurrent or overlay.get("max_concurrent") or 4
+    max_concurrent = args.max_concurrent or overlay.get("max_concurrent") or budget.max_concurrent or 4
     cpus = args.cpus_per_trial or (1.0 if gpus else float(max(1, (os.cpu_count() or 1) // max_concurrent)))
     if not args.address and cpus > (os.cpu_count() or 1):  # Tune would wait for it forever
         raise ConfigError(f"--cpus-per-trial {cpus:g}: this machine has {os.cpu_count()} CPUs, so no trial "
@@ -125,7 +130,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     return Plan(
         space=dataclasses.replace(space, budget=budget),
         settings=settings,
-        num_samples=args.num_samples or overlay.get("num_samples") or 16,
+        num_samples=args.num_samples or overlay.get("num_samples") or budget.num_samples or 16,
         max_evals=max_evals,
         grace_period=budget.grace_period,
         reduction_factor=budget.reduction_factor,
@@ -140,6 +145,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         address=args.address,
         resume=args.resume,
         argv=tuple(args.argv),
+        smoke_test=args.smoke_test,
         smoke_weak_start=args.smoke_test and bool(space.start),
         cpu_budget=cpu_budget,
     )
@@ -206,10 +212,13 @@ def print_plan(plan: Plan) -> None:
           + (f"{plan.name!r} in {plan.study_storage} (optuna-dashboard {plan.study_storage})"
              if plan.study_storage else "in memory (remote results: pass --study-storage URL to keep it)"))
     if plan.cpu_budget:
-        print(f"no GPU: CPU budget ({plan.num_samples} trials, {plan.max_concurrent} at once, at most "
+        which = "the space's cpu: section" if plan.space.variant == "cpu" else "CPU budget"
+        print(f"no GPU: {which} ({plan.num_samples} trials, {plan.max_concurrent} at once, at most "
               f"{plan.max_evals} evaluations of {plan.settings.eval_every} steps, FID on "
               f"{plan.settings.fid_n} images) instead of the space file's, sized for GPUs; flags change "
               "any of it, --space FILE runs the file's")
+    if plan.smoke_test:
+        print(SMOKE_NOTE)
     if plan.smoke_weak_start:
         print("smoke test: start point 2 is start point 1 at the lowest learning rates, so the first rung "
               "has a trial to stop")
@@ -226,8 +235,8 @@ def describe_precision(settings: RunSettings) -> str:
     """The precision as the trials will resolve it (a cluster's GPUs are unknown until they run)."""
     if settings.precision != "auto":
         return settings.precision
-    if settings.device == "cpu":
-        return "fp32 (auto)"
+    if settings.device == "cpu":  # this machine's CPU: where the trials of a local search run
+        return place("cpu").precision + " (auto)"
     return "bf16 (auto; fp16 with loss scaling on GPUs without native bf16)"
 
 

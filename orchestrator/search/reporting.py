@@ -21,7 +21,7 @@ import pandas as pd
 
 from orchestrator.atomic import atomic_write
 from orchestrator.metrics.health import FAILED
-from orchestrator.metrics.registry import Objective
+from orchestrator.metrics.registry import GROUND_TRUTH, Objective
 from orchestrator.search import sheets, tradeoff
 
 NUMBER = "{:.4g}".format
@@ -51,7 +51,8 @@ class Trials:
 
 
 def present(trials: Trials) -> pd.DataFrame:
-    """The table people read: trial, outcome, FID, the hyperparameters that differ between trials,
+    """The table people read: trial, outcome, FID (and where the dataset has them, the decoder's mode
+    coverage and decodable fraction at that evaluation), the hyperparameters that differ between trials,
     device seconds, whether the trial is on the Pareto front; sorted by FID, failed trials last."""
     table, fid = trials.table, f"best_{trials.goal.key}"
     config = [c for c in table.columns if c.startswith("config/")]
@@ -62,6 +63,8 @@ def present(trials: Trials) -> pd.DataFrame:
         "trial": table["trial_id"].astype(str),
         "outcome": outcome,
         fid: table[fid].astype(float),
+        # shapes: what the best evaluation's samples are, read by the exact decoder
+        **{key: table[key].astype(float) for key in GROUND_TRUTH if key in table},
         "evals": table["evals"].astype(int),
         **{c.removeprefix("config/"): table[c] for c in varying},
         trials.cost: table["seconds"].astype(float) * trials.share,

@@ -77,7 +77,8 @@ def run_search(plan: Plan) -> int:
     client = store.connect(tracking_uri)
     identity = {"data_key": data.key, "fid_network": extractor.name, "fid_reference_n": str(reference.n)}
     state = _parent_run(plan, client, tracking_uri, identity)
-    logger = MlflowTrialLogger(tracking_uri, state["experiment_id"], state["parent_run_id"], plan.max_evals)
+    logger = MlflowTrialLogger(tracking_uri, state["experiment_id"], state["parent_run_id"], plan.max_evals,
+                               _leading_params(plan)[:5])
     sheet_logger = ContactSheetLogger(
         beside_results(plan) / SHEETS_FOLDER, objective(plan.settings.fid_n).key,
         milestones(plan.grace_period, plan.reduction_factor, plan.max_evals), plan.max_evals,

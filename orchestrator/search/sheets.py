@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ class Cell:
     ended_at: int  # the evaluation it ended at; 0 while running
     params: Mapping[str, Any]
     png: Path
+    truth: Mapping[str, float] = field(default_factory=dict)  # shapes: mode coverage, decodable
 
     def describe(self, rungs: Sequence[int]) -> str:
         """The outcome in words: 'completed', 'stopped early at rung 1 (eval 1)', 'failed: nan'."""
@@ -64,7 +65,9 @@ class Cell:
         fid = f"{self.fid:.4g}" if math.isfinite(self.fid) else str(self.fid)
         shown = [f"{k} {_short(v)}" for k, v in self.params.items()]
         params = ["  ".join(shown[i:i + 2]) for i in range(0, len(shown), 2)]  # two a line: a cell is narrow
-        return "\n".join([f"{self.trial_id}  {fid_key} {fid}", self.describe(rungs), *params])
+        truth = "  ".join(f"{_NAMES.get(k, k)} {v:.2f}" for k, v in self.truth.items())
+        lines = [f"{self.trial_id}  {fid_key} {fid}", truth, self.describe(rungs), *params]
+        return "\n".join(line for line in lines if line)
 
 
 def milestones(grace_period: int, reduction_factor: float, max_t: int) -> list[int]:
@@ -83,10 +86,12 @@ def record_card(folder: Path, trial_id: str, params: Mapping[str, Any], outcome:
                                                     "failure_mode": failure_mode, "evals": evals})
 
 
-def record_frame(folder: Path, trial_id: str, evals: int, step: int, fid: float, png: bytes) -> None:
+def record_frame(folder: Path, trial_id: str, evals: int, step: int, fid: float, png: bytes,
+                 truth: Mapping[str, float] | None = None) -> None:
+    """``truth``: what the dataset's decoder read in the same evaluation's samples (shapes)."""
     base = folder / FRAMES / trial_id / f"eval_{evals:04d}"
     atomic_write(base.with_suffix(".png"), lambda f: f.write(png))
-    _write_json(base.with_suffix(".json"), {"step": step, "fid": fid})
+    _write_json(base.with_suffix(".json"), {"step": step, "fid": fid, "truth": dict(truth or {})})
 
 
 def read_cells(folder: Path) -> dict[int, list[Cell]]:
@@ -101,7 +106,7 @@ def read_cells(folder: Path) -> dict[int, list[Cell]]:
                 trial_id=card_path.parent.name, evals=evals, step=int(data["step"]), fid=float(data["fid"]),
                 outcome=card["outcome"], failure_mode=card["failure_mode"],
                 ended_at=int(card["evals"]) if done else 0, params=card["params"],
-                png=frame.with_suffix(".png")))
+                png=frame.with_suffix(".png"), truth=data.get("truth", {})))
     return dict(sorted(cells.items()))
 
 
@@ -164,6 +169,9 @@ def draw_sheet(cells: Sequence[Cell], title: str, fid_key: str, rungs: Sequence[
             for spine in ax.spines.values():
                 spine.set(color=color, linewidth=3)
     return fig
+
+
+_NAMES = {"mode_coverage": "classes", "decodable": "clean"}  # short: a cell is narrow
 
 
 def _short(value: Any) -> str:

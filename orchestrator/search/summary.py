@@ -11,8 +11,8 @@ from typing import Any
 import pandas as pd
 
 from orchestrator.metrics.health import FAILED, outcome
-from orchestrator.metrics.registry import Objective, objective
-from orchestrator.search.plan import Plan
+from orchestrator.metrics.registry import GROUND_TRUTH, Objective, objective
+from orchestrator.search.plan import SMOKE_NOTE, Plan
 from orchestrator.search.reporting import PLOTS_FOLDER
 from orchestrator.search.schema import walk_params
 from orchestrator.search.tracking import store
@@ -34,6 +34,7 @@ def results_table(results: Any, goal: Objective, max_evals: int) -> pd.DataFrame
     for result in results:
         history = result.metrics_dataframe
         fids = history[key] if history is not None and key in history else pd.Series(dtype=float)
+        at_best = _at_best(history, fids, goal)
         last = result.metrics or {}
         evals = int(last.get("training_iteration", 0))
         mode = last.get("failure_mode") or ("error" if result.error else "")
@@ -42,6 +43,7 @@ def results_table(results: Any, goal: Objective, max_evals: int) -> pd.DataFrame
             "failure_mode": mode,
             f"best_{key}": goal.best(fids),
             f"last_{key}": float(fids.iloc[-1]) if len(fids) else goal.worst,
+            **at_best,
             "evals": evals, "steps": int(last.get("step", 0)),
             "seconds": float(last.get("time_total_s", 0.0)),
             "started": float(last.get("started_at", math.nan)),
@@ -52,6 +54,17 @@ def results_table(results: Any, goal: Objective, max_evals: int) -> pd.DataFrame
         })
     table = pd.DataFrame(rows).sort_values(f"best_{key}", ascending=goal.mode == "min", kind="stable")
     return table.reset_index(drop=True)
+
+
+def _at_best(history: pd.DataFrame | None, fids: pd.Series, goal: Objective) -> dict[str, float]:
+    """The ground-truth metrics (``GROUND_TRUTH``) of the evaluation with the best FID: the
+    checkpoint a trial hands over. Empty where the dataset reports none."""
+    keys = [k for k in GROUND_TRUTH if history is not None and k in history]
+    finite = fids[fids.apply(math.isfinite)]
+    if history is None or not keys or finite.empty:
+        return {}
+    best = finite.idxmin() if goal.mode == "min" else finite.idxmax()
+    return {k: float(history.loc[best, k]) for k in keys}
 
 
 def summarise(plan: Plan, results: Any, client: Any, state: dict[str, Any], wall: float) -> int:
@@ -91,15 +104,29 @@ def summarise(plan: Plan, results: Any, client: Any, state: dict[str, Any], wall
     config: dict[str, Any] = next(
         (r.config for r in results if (r.metrics or {}).get("trial_id") == best["trial_id"]), {}
     )
-    print(f"best trial {best['trial_id']}: {key} {best[f'best_{key}']:.3f}")
+    print(f"best trial {best['trial_id']}: {key} {best[f'best_{key}']:.3f}{_ground_truth(best, plan)}")
     print(f"  config: {json.dumps(config, default=str)}")
     print(f"  checkpoints and sample grids: {best['path']}")
     print(f"  MLflow: parent run {parent}, trial run {best_run}")
     print(f"  results table: {csv}")
     print(f"  report with every trial's samples, quality against cost and the contact sheets: {report}")
     print(f"  view: {store.view_command(state['tracking_uri'])}")
+    if plan.smoke_test:
+        print(SMOKE_NOTE)
     store.end_run(client, parent)
     return 0
+
+
+def _ground_truth(best: pd.Series, plan: Plan) -> str:
+    """What the best evaluation's samples are, read by the dataset's exact decoder (shapes)."""
+    if "mode_coverage" not in best or not math.isfinite(best["mode_coverage"]):
+        return ""
+    from orchestrator.data.dataset import CLASS_READERS
+
+    classes = CLASS_READERS[plan.settings.dataset].classes
+    return (f"; its samples there draw {round(best['mode_coverage'] * classes)} of the {classes} classes "
+            f"cleanly (mode coverage {best['mode_coverage']:.2f}), {best['decodable']:.0%} of them read as "
+            f"clean shapes (decodable)")
 
 
 def _study(plan: Plan, table: pd.DataFrame) -> Any:

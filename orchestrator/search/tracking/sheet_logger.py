@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from ray import tune
 
 from orchestrator.metrics.health import FAILED, outcome
+from orchestrator.metrics.registry import GROUND_TRUTH
 from orchestrator.search import sheets
 from orchestrator.search.tracking.store import unreachable_errors
 from orchestrator.search.tracking.trial_logger import read_checkpoint_file, read_checkpoint_json
@@ -52,8 +53,9 @@ class ContactSheetLogger(tune.Callback):
         evals = int((trial.last_result or {}).get("training_iteration", 0))
         if png is None or self.fid_key not in from_trial or evals < 1:
             return
+        truth = {k: float(from_trial[k]) for k in GROUND_TRUTH if k in from_trial}
         sheets.record_frame(self.folder, trial.trial_id, evals, int(from_trial.get("step", 0)),
-                            float(from_trial[self.fid_key]), png)
+                            float(from_trial[self.fid_key]), png, truth)
         self._dirty.add(evals)
         self._refresh()
 

@@ -344,13 +344,32 @@ def _image_step(path: str) -> int:
 def _row(client: MlflowClient, run: Any, key: str) -> dict[str, Any]:
     tags, metrics = run.data.tags, run.data.metrics
     best = metrics.get(f"{key}_best", math.inf)
+    fids = client.get_metric_history(run.info.run_id, key)
     return {
         "trial_id": tags.get(TRIAL_TAG, ""),
         "outcome": tags.get("outcome", "running"),
         "failure_mode": tags.get("failure_mode", "") if tags.get("outcome") == FAILED else "",
         f"best_{key}": best if best < 1e300 else math.inf,  # stores keep inf as the largest double
-        "evals": len(client.get_metric_history(run.info.run_id, key)),
+        **_at_best(client, run, fids),
+        "evals": len(fids),
         "seconds": metrics.get("time_total_s", 0.0),
         "run_id": run.info.run_id,
         **{f"config/{k}": v for k, v in sorted(run.data.params.items())},
     }
+
+
+def _at_best(client: MlflowClient, run: Any, fids: list[Any]) -> dict[str, float]:
+    """The ground-truth metrics (shapes: mode coverage, decodable) at the step of the best FID,
+    as ``summary.results_table`` takes them from Tune's history."""
+    from orchestrator.metrics.registry import GROUND_TRUTH
+
+    keys = [k for k in GROUND_TRUTH if k in run.data.metrics]
+    finite = [m for m in fids if m.value < 1e300]
+    if not keys or not finite:
+        return {}
+    step = min(finite, key=lambda m: m.value).step  # FID: lower is better
+    out = {}
+    for k in keys:
+        at = [m.value for m in client.get_metric_history(run.info.run_id, k) if m.step == step]
+        out[k] = at[-1] if at else math.nan
+    return out
