@@ -1,6 +1,7 @@
 """img/s of one trial's training step, and whether the fast path trains the same.
 
-The 64-px DCGAN step (ngf = ndf = 64, nz = 100, Adam, bce), data already on the device, run as a
+The 64-px DCGAN step (ngf = ndf = 64, nz = 100, Adam, bce; ``--resolution`` and ``--width`` change
+the net), data already on the device, run as a
 trial runs it (``orchestrator.train.train_steps``: statistics read every 16 steps, both columns):
 plain fp32 eager vs the product's fast path (bf16 autocast + channels_last, the default on CUDA),
 and fp16 autocast + channels_last with its loss scalers (the default on GPUs without native bf16),
@@ -14,6 +15,8 @@ looks like). Target: fast-vs-fp32 within that noise.
 
     PYTHONPATH=. python bench/step_throughput.py [--device cuda] [--steps 200] [--batches 64,512]
         [--curve-steps 500] [--no-record]
+    PYTHONPATH=. python bench/step_throughput.py --device cpu --resolution 32 --width 32 --threads 1 \
+        --batches 64 --no-fp16 --curve-steps 2000    # the CPU space's net, one trial's thread (issue 23)
     PYTHONPATH=. python bench/step_throughput.py --device cpu --steps 2 --warmup 1 --repeats 1 \
         --batches 4 --curve-steps 6 --curve-batch 4 --smooth 3 --no-record    # a check that it runs
 """
@@ -33,6 +36,7 @@ from orchestrator.gan.placement import place
 from orchestrator.gan.step import GANState, build_state, train_step, train_steps
 
 SHAPES_IMAGES = 4096
+NET = {"resolution": 64, "width": 64}  # the GPU space's net; --resolution 32 --width 32 is the CPU space's
 
 
 def make(device: torch.device, batch: int, precision: str = "auto", seed: int = 0
@@ -40,9 +44,10 @@ def make(device: torch.device, batch: int, precision: str = "auto", seed: int = 
     """A trial's state and data; ``auto`` is the product's default on ``device``, an explicit
     precision runs channels_last unless it is fp32 (the eager baseline)."""
     placement = place(device, precision, channels_last=None if precision == "auto" else precision != "fp32")
-    images, _ = draw_shapes("train", 64, SHAPES_IMAGES)
+    images, _ = draw_shapes("train", NET["resolution"], SHAPES_IMAGES)
     data = DeviceImages(images, device, channels_last=placement.channels_last)
-    return build_state(TrialConfig(batch_size=batch), 3, 64, placement, seed=seed), data
+    config = TrialConfig(batch_size=batch, ngf=NET["width"], ndf=NET["width"])
+    return build_state(config, 3, NET["resolution"], placement, seed=seed), data
 
 
 def throughput(device: torch.device, batch: int, precision: str, args: argparse.Namespace) -> float:
@@ -100,19 +105,28 @@ def main() -> None:
     p.add_argument("--curve-steps", type=int, default=500, help="loss-curve comparison length; 0 skips it")
     p.add_argument("--curve-batch", type=int, default=64)
     p.add_argument("--smooth", type=int, default=50, help="trailing-mean window for the loss curves")
+    p.add_argument("--resolution", type=int, default=64, help="32 or 64 (default 64)")
+    p.add_argument("--width", type=int, default=64, help="ngf = ndf (default 64)")
+    p.add_argument("--threads", type=int, help="torch threads (default torch's)")
+    p.add_argument("--no-fp16", action="store_true", help="leave out fp16 (a CPU has no fast fp16)")
     args = p.parse_args()
+    NET.update(resolution=args.resolution, width=args.width)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         fp32 = throughput(device, batch, "fp32", args)
         fast = throughput(device, batch, "bf16", args)
-        half = throughput(device, batch, "fp16", args)
-        rows.append([batch, rate(fp32), rate(fast), f"{fast / fp32:.2f}x", rate(half), f"{half / fp32:.2f}x"])
+        half = [rate(h := throughput(device, batch, "fp16", args)), f"{h / fp32:.2f}x"] if not args.no_fp16 \
+            else ["skipped (--no-fp16)", ""]
+        rows.append([batch, rate(fp32), rate(fast), f"{fast / fp32:.2f}x", *half])
     lines = table(["batch", "fp32 eager img/s", "bf16 + channels_last img/s", "speed-up",
                    "fp16 + channels_last + loss scaling img/s", "speed-up"], rows)
     # "fp32" is PyTorch's default, which lets cuDNN use tf32 for convolutions: say which it was
     tf32 = torch.backends.cudnn.allow_tf32
-    lines += ["", f"fp32 eager as PyTorch's defaults leave it: cudnn.allow_tf32={tf32}, "
+    lines += ["", f"{NET['resolution']} px, ngf = ndf = {NET['width']}, nz 100, Adam, bce. "
+              f"fp32 eager as PyTorch's defaults leave it: cudnn.allow_tf32={tf32}, "
               f"float32 matmul precision {torch.get_float32_matmul_precision()!r}; median of {args.repeats} "
               f"windows of {args.steps} steps after {args.warmup} warm-up steps."]
     if args.curve_steps > 0:

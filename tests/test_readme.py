@@ -130,8 +130,8 @@ def test_main_job_validates_and_plans(command: str, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     if torch.cuda.is_available():  # the space file's budget
         assert "trials: 16" in done.stdout and "metric: fid2k_best (min)" in done.stdout
-    else:  # a first run that finishes here: the CPU budget, said so
-        assert "no GPU: CPU budget" in done.stdout and "trials: 6," in done.stdout
+    else:  # a first run that finishes here: the space's CPU section, said so
+        assert "no GPU: the space's cpu: section" in done.stdout and "trials: 6," in done.stdout
         assert "metric: fid256_best (min)" in done.stdout
 
 

@@ -184,10 +184,10 @@ def test_killed_search_resumes_without_rerunning(tmp_path: Path, backend: dict[s
 def test_dry_run_prints_plan_and_starts_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["shapes", "--dry-run", "--storage", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    # with no GPU, the CPU budget stands in for the space file's (issue 15)
+    # with no GPU, the space's cpu: section stands in for the file's own budget (issues 15, 23)
     gpu = torch.cuda.is_available()
     assert ("metric: fid2k_best (min)" if gpu else "metric: fid256_best (min)") in out
-    assert ("no GPU: CPU budget (6 trials, 2 at once" in out) is not gpu
+    assert ("no GPU: the space's cpu: section (6 trials, 2 at once" in out) is not gpu
     assert "ASHA" in out and "lr_g" in out
     assert list(tmp_path.iterdir()) == []
 
