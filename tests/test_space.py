@@ -464,4 +464,6 @@ def test_the_plan_says_what_the_smoke_test_adds(capsys: pytest.CaptureFixture[st
     assert "smoke test: start point 2 is start point 1 at the lowest learning rates" in out
     assert "after 3 random trials" in out and "optuna.db" in out
     plain = make_plan(parse_args(["shapes", "--gpus-per-trial", "0"]))
-    assert plain.space.start == shipped and not plain.smoke_weak_start
+    cpu_section = load_space(space_path("shapes")).cpu
+    assert cpu_section is not None  # a plain search without a GPU runs the file's cpu: section
+    assert plain.space.start == cpu_section.start and not plain.smoke_weak_start
