@@ -72,11 +72,11 @@ def test_train_defaults_are_the_searchs(tmp_path: Path) -> None:
     trained = _settings(parse_args(["shapes"]))
     fields = ("resolution", "eval_every", "fid_n", "eval_seed", "seed", "precision", "cache_dir")
     assert [getattr(trained, f) for f in fields] == [getattr(searched, f) for f in fields]
-    assert (trained.resolution, trained.eval_every, trained.fid_n) == (32, 2000, 256)  # shapes.yaml's cpu:
+    assert (trained.resolution, trained.eval_every, trained.fid_n) == (32, 2500, 256)  # shapes.yaml's cpu:
     on_file = _settings(parse_args(["shapes", "--space", str(space_path("shapes"))]))
     assert (on_file.resolution, on_file.eval_every, on_file.fid_n) == (32, 200, 2000)  # shapes.yaml
     flagged = _settings(parse_args(["shapes", "--fid-n", "64", "--resolution", "64"]))
-    assert (flagged.resolution, flagged.fid_n, flagged.eval_every) == (64, 64, 2000)
+    assert (flagged.resolution, flagged.fid_n, flagged.eval_every) == (64, 64, 2500)
     (tmp_path / "a").mkdir()
     folder = _settings(parse_args([f"folder:{tmp_path}"]))  # no space file: RunSettings' own defaults
     assert (folder.resolution, folder.fid_n) == (32, 5000)
