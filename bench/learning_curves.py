@@ -34,6 +34,7 @@ import hashlib
 import json
 import math
 import multiprocessing
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -129,6 +130,7 @@ def train_run(plan: Plan, run: Run, done: int, table_path: str, work: str, threa
     from orchestrator.metrics.inception import load_inception
 
     torch.set_num_threads(threads)
+    parent = os.getppid()
     settings = dataclasses.replace(plan.settings, seed=run.seed)
     data = datasets.prepare_dataset(datasets.spec_for(settings), settings.cache_dir, progress=False)
     extractor = load_inception(plan.fid_weights, device=settings.device)
@@ -139,6 +141,7 @@ def train_run(plan: Plan, run: Run, done: int, table_path: str, work: str, threa
     checkpoint = Path(work) / f"{run.run}.pt"
     if checkpoint.is_file():
         runner.restore(checkpoint)
+        print(f"  {run.run}: resumed at evaluation {len(runner.history)}", flush=True)
     for k in range(done + 1, len(runner.history) + 1):  # a checkpoint ahead of the table
         append_row(Path(table_path), _row(run, runner.history[:k], ""))
     ended = ""
@@ -154,8 +157,11 @@ def train_run(plan: Plan, run: Run, done: int, table_path: str, work: str, threa
             ended = runner.verdict.mode
         if not ended and len(runner.history) == plan.max_evals:
             ended = "completed"
+        if os.getppid() != parent:  # the recording was killed: a resumed one takes the run on
+            return run.run
         runner.save(checkpoint)  # first: a crash between the two leaves the row to be re-derived
-        append_row(Path(table_path), _row(run, runner.history, ended))
+        if len(runner.history) > done:  # a run started afresh (its checkpoint lost) skips what is there
+            append_row(Path(table_path), _row(run, runner.history, ended))
     return run.run
 
 
@@ -231,7 +237,7 @@ def summarise(path: Path, args: argparse.Namespace) -> None:
             within = group[group["seconds"] <= minutes * 60]
             shown = len(within) and (minutes * 60 <= total or minutes == HORIZONS_MIN[0])
             cells.append(" / ".join(_fmt(within[k].iloc[-1], k) for k in keys) if shown else "")
-        cells += [" / ".join(_fmt(group[k].iloc[-1], k) for k in keys), group["ended"].iloc[-1] or "running"]
+        cells += [" / ".join(_fmt(group[k].iloc[-1], k) for k in keys), _ended(group["ended"].iloc[-1])]
         rows.append(cells)
     headers = ["run", "config", "steps", "minutes", *[f"at {m} min" for m in HORIZONS_MIN], "last", "ended"]
     plot = path.with_suffix(".png")
@@ -264,6 +270,10 @@ def agreement(curves: pd.DataFrame, fid_key: str) -> list[str]:
     return [f"FID against the decoder: Spearman's rho of {fid_key} and decodable over all "
             f"{len(finite)} evaluations {overall:+.2f} (-1: FID ranks as the decoder does); of each run's "
             f"{fid_key} at an evaluation and its last decodable fraction: {'; '.join(cells)}."]
+
+
+def _ended(value: Any) -> str:
+    return value if isinstance(value, str) and value else "cut short"  # (a run still going, or killed)
 
 
 def _short(config: dict[str, Any]) -> str:
