@@ -30,6 +30,7 @@ FAILURE_MODES = (DIVERGED, DISCRIMINATOR_WINS, VANISHING_LOSSES, MODE_COLLAPSE)
 
 # a trial's outcome in a search: its MLflow tag, the results table's column, the plots' legend
 COMPLETED, STOPPED, FAILED, LOST = "completed", "stopped_early", "failed", "lost"
+INTERRUPTED = "interrupted"  # running when the search was stopped (Ctrl-C, SIGTERM): --resume goes on
 
 
 def outcome(failed: bool, evals: int, max_evals: int) -> str:

@@ -43,6 +43,7 @@ QUIET = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 # (not file://: MLflow 3's file store refuses new work, it is in "maintenance mode")
 STORE_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 SQLITE_HEADER = b"SQLite format 3\x00"
+STORE_FILE, ARTIFACTS_FOLDER = "mlflow.db", "mlartifacts"  # a local search's store, beside its results
 
 
 def tracking_uri(flag: str | None, needer: str) -> str:
@@ -179,7 +180,7 @@ def _check_databricks(uri: str) -> None:
 
 def default_tracking_uri(experiment_dir: Path) -> str:
     """The embedded store: a sqlite file beside the Tune results."""
-    return f"sqlite:///{(experiment_dir / 'mlflow.db').resolve()}"
+    return f"sqlite:///{(experiment_dir / STORE_FILE).resolve()}"
 
 
 def unreachable_errors() -> tuple[type[Exception], ...]:
@@ -328,14 +329,14 @@ def read_pictures(uri: str, search: LoggedSearch,
 
         for row in search.rows:
             if grids := pngs(row["run_id"], "images"):
-                thumbnails[str(row["trial_id"])] = fetch(row["run_id"], max(grids, key=_image_step))
+                thumbnails[str(row["trial_id"])] = fetch(row["run_id"], max(grids, key=image_step))
         logged = pngs(search.parent_run_id, "plots") + pngs(search.parent_run_id, "contact_sheets")
         for title, path in pick(logged).items():
             figures[title] = fetch(search.parent_run_id, path)
     return thumbnails, figures
 
 
-def _image_step(path: str) -> int:
+def image_step(path: str) -> int:
     """The step in the name MLflow gives an image logged with ``log_image(key=..., step=...)``."""
     found = re.search(r"step\W(\d+)\W", unquote(path))
     return int(found.group(1)) if found else -1

@@ -10,12 +10,14 @@ store is and what the tags mean is ``store.py``'s.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,8 @@ from PIL import Image
 from ray import tune
 
 from orchestrator.config import TrialConfig
-from orchestrator.metrics.health import FAILED, outcome
+from orchestrator.metrics.health import FAILED, INTERRUPTED, outcome
+from orchestrator.search.tracking.journal import Entry, Journal
 from orchestrator.search.tracking.store import (
     CHECKPOINT_FOLDER,
     IMAGE_KEY,
@@ -37,36 +40,44 @@ from orchestrator.search.tracking.store import (
 
 log = logging.getLogger(__name__)
 
-FINAL_RETRIES, RETRY_SECONDS = 12, 5.0  # at the end, wait up to a minute for MLflow to come back
+FINAL_RETRIES, FINAL_WAIT_SECONDS = 12, 5.0  # at the end, wait up to a minute for MLflow to come back
+RETRY_SECONDS = 2.0  # while it is down: what waits is retried this often
 
 
 class MlflowTrialLogger(tune.Callback):
-    """Logs each trial into a child run of ``parent_run_id``. Picklable: Tune stores callbacks with
-    the experiment state, so the client is made lazily."""
+    """Logs each trial into a child run of ``parent_run_id``, through a journal on disk (``journal``:
+    ``None`` keeps it in memory). Picklable: Tune stores callbacks with the experiment state, so the
+    client and what the runs hold are looked up again after a restore."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_evals: int,
-                 name_keys: Sequence[str] = ()) -> None:
+                 name_keys: Sequence[str] = (), journal: Path | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.max_evals = max_evals
         self.name_keys = tuple(name_keys)  # the hyperparameters a trial's run is named by
+        self.journal_folder = journal
+        self._started: dict[str, float] = {}  # trial id -> when its trial started (wall clock)
+        self._reset()
+
+    def _reset(self) -> None:
+        """What the live driver caches; rebuilt from MLflow itself after a restore."""
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}  # trial id -> run id
-        self._logged: dict[str, int] = {}  # trial id -> last step whose metrics are logged
-        self._imaged: dict[str, int] = {}  # trial id -> last step whose sample grid is logged
-        self._started: dict[str, float] = {}  # trial id -> when its trial started (wall clock)
-        self._pending: list[Callable[[], object]] = []  # logging postponed while MLflow is unreachable
-        self._warned = False
+        self._logged: dict[str, int] = {}  # trial id -> last step whose metrics the run holds
+        self._imaged: dict[str, int] = {}  # trial id -> last step whose sample grid the run holds
+        self.journal = Journal(self.journal_folder)
+        self._warned, self._tried, self._reconciled = False, 0.0, False
 
     def __getstate__(self) -> dict[str, Any]:
-        # operations still pending are closures: they stay with the live driver (which retries them
-        # until the experiment ends), not with the pickled experiment state
-        return {**self.__dict__, "_client": None, "_pending": [], "_warned": False}
+        keep = ("tracking_uri", "experiment_id", "parent_run_id", "max_evals", "name_keys", "journal_folder",
+                "_started")
+        return {key: self.__dict__[key] for key in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # a search saved before _started or name_keys existed
-        self.__dict__.update({"_started": {}, "name_keys": (), **state})
+        # a search saved before _started, name_keys or the journal existed
+        self.__dict__.update({"_started": {}, "name_keys": (), "journal_folder": None, **state})
+        self._reset()
 
     @property
     def client(self) -> MlflowClient:
@@ -74,147 +85,249 @@ class MlflowTrialLogger(tune.Callback):
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
-    def run_id(self, trial: Any) -> str:
-        """The trial's one child run: created once, found again after any restart."""
-        if trial.trial_id in self._runs:
-            return self._runs[trial.trial_id]
-        query = f"tags.{TRIAL_TAG} = '{trial.trial_id}' and tags.`{PARENT_TAG}` = '{self.parent_run_id}'"
-        found = self.client.search_runs([self.experiment_id], filter_string=query)
-        if found:
-            run_id = found[0].info.run_id
-            history = self.client.get_metric_history(run_id, "step")
-            last = max((int(m.value) for m in history), default=-1)
-        else:
-            run_id, last = self._create_run(trial), -1
-        self._logged[trial.trial_id] = self._imaged[trial.trial_id] = last
-        self._runs[trial.trial_id] = run_id
-        return run_id
-
-    def _create_run(self, trial: Any) -> str:
-        tags = {PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, ROLE_TAG: "trial"}
-        # created at the first result, but dated from the trial's start: the UI's duration is honest
-        started = self._started.get(trial.trial_id)
-        run = self.client.create_run(self.experiment_id, run_name=run_name(trial, self.name_keys), tags=tags,
-                                     start_time=int(started * 1000) if started else None)
-        # every hyperparameter, the defaults a search did not vary included
-        params = TrialConfig.from_dict(trial.config).to_dict()
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        return run.info.run_id
+    # --- what Tune reports becomes journal entries
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        step, now = int(result.get("step", 0)), int(time.time() * 1000)
         if result.get("started_at"):  # Tune calls back before trial.last_result holds this result
             self._started.setdefault(trial.trial_id, float(result["started_at"]))
-        metrics = [
-            Metric(key, float(value), now, step)
-            for key, value in result.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and _is_metric(key)
-        ]
-        tags = {key: str(result[key]) for key in PLACEMENT_TAGS if result.get(key)}
-        if result.get("failure"):
-            tags |= {"outcome": FAILED, "failure_reason": str(result["failure"]),
-                    "failure_mode": str(result.get("failure_mode") or "diverged")}
-            evidence = result.get("evidence") or {}
-            tags.update({f"evidence.{k}": f"{v:.6g}" for k, v in evidence.items()})
-
-        def log() -> None:
-            run_id = self.run_id(trial)
-            if step <= self._logged[trial.trial_id]:
-                return  # already logged before a restart: the resumed trial recomputes the same numbers
-            self.client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
-            self._logged[trial.trial_id] = step
-
-        self._submit(log)
+        self._submit(self._entry(trial, "result", result_data(result, self._started.get(trial.trial_id))))
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         from orchestrator.gan.checkpoints import CURVE_FILES, GRID_FILE, REPORT_FILE
 
-        # read now: a checkpoint may be deleted (num_to_keep) before a postponed log runs
+        # read now: a checkpoint may be deleted (num_to_keep) before the entry is written
         curves = {name: read_checkpoint_file(checkpoint, name) for name in CURVE_FILES}
         report = read_checkpoint_json(checkpoint, REPORT_FILE)
         png = read_checkpoint_file(checkpoint, GRID_FILE)
-        step = int(report.get("step", -1)) if report else -1
+        blobs = {f"curve{i}": data for i, data in enumerate(curves.values()) if data is not None}
+        if png is not None:
+            blobs["grid"] = png
+        data = {"step": int(report.get("step", -1)) if report else -1, "curves": list(curves)}
+        self._submit(self._entry(trial, "image", data, blobs))
 
-        def log() -> None:
-            run_id = self.run_id(trial)
-            with tempfile.TemporaryDirectory() as folder:
-                for name, data in curves.items():  # the same artifact paths, overwritten
-                    if data is not None:
-                        (Path(folder) / name).write_bytes(data)
-                        self.client.log_artifact(run_id, str(Path(folder) / name), "curves")
-            if png is not None and step > self._imaged[trial.trial_id]:
-                self.client.log_image(run_id, Image.open(io.BytesIO(png)), key=IMAGE_KEY, step=step)
-                self._imaged[trial.trial_id] = step
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        result = trial.last_result or {}
+        ended = outcome(bool(result.get("failure")), result.get("training_iteration", 0), self.max_evals)
+        self._submit(self._entry(trial, "tags", {"tags": {"outcome": ended}}))
+        if trial.checkpoint is not None:
+            self._submit(self._entry(trial, "model", {"checkpoint": trial.checkpoint.path}))
+        self._submit(self._entry(trial, "end", {"status": "FAILED" if ended == FAILED else "FINISHED"}))
 
-        self._submit(log)
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        reason = (getattr(trial, "error_message", None) or "error").strip().splitlines()
+        tags = {"outcome": FAILED, "failure_reason": reason[-1][:5000] if reason else "error"}
+        self._submit(self._entry(trial, "tags", {"tags": tags}))
+        self._submit(self._entry(trial, "end", {"status": "FAILED"}))
 
-    def _submit(self, operation: Callable[[], object]) -> None:
-        """Run ``operation`` after everything still waiting; while the tracking server is unreachable
-        keep it, in order, for the next call: trials keep training and nothing is dropped."""
-        self._pending.append(operation)
-        while self._pending:
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if not self._reconciled:  # the first turn of Tune's loop, fresh or resumed
+            self._reconciled = True
+            self._reconcile(trials)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        # what waits for a server that is down is retried every few seconds, not only at the next result
+        if time.monotonic() - self._tried >= RETRY_SECONDS and len(self.journal):
+            self._drain()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        # a search stopped by Ctrl-C or SIGTERM: its unfinished trials were interrupted, not
+        # stopped by ASHA; their runs say so until --resume continues them
+        for trial in trials:
+            if trial.trial_id in self._runs and trial.status not in ("TERMINATED", "ERROR"):
+                self._submit(self._entry(trial, "tags", {"tags": {"outcome": INTERRUPTED}}))
+                self._submit(self._entry(trial, "end", {"status": "KILLED"}))
+        for _ in range(FINAL_RETRIES):
+            self._drain()
+            if not len(self.journal):
+                return
+            time.sleep(FINAL_WAIT_SECONDS)
+        where = f"kept in {self.journal_folder}, written by --resume" if self.journal_folder else "lost"
+        log.error("MLflow still unreachable: %d logging operations not written (%s)", len(self.journal),
+                  where)
+
+    # --- writing the journal to MLflow
+
+    def _entry(self, trial: Any, kind: str, data: Mapping[str, Any], blobs: Mapping[str, bytes] | None = None
+               ) -> Entry:
+        return Entry(kind, trial.trial_id, dict(trial.config), data, blobs or {})
+
+    def _submit(self, entry: Entry) -> None:
+        """Append ``entry`` to the journal and write what it holds, in order, while MLflow answers:
+        trials keep training while it does not, and nothing is dropped."""
+        self.journal.append(entry)
+        self._drain()
+
+    def _drain(self) -> None:
+        self._tried = time.monotonic()
+        for entry in self.journal.pending():
             try:
-                self._pending[0]()
+                self._apply(entry)
             except unreachable_errors() as err:  # called only on an error
                 if not self._warned:
                     log.warning("MLflow unreachable (%s); buffering, will retry", str(err).splitlines()[0])
                     self._warned = True
                 return
-            self._pending.pop(0)
+            self.journal.done(entry)
         if self._warned:
             log.warning("MLflow reachable again; buffered logs written")
             self._warned = False
 
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        for _ in range(FINAL_RETRIES):
-            self._submit(lambda: None)
-            if not self._pending:
-                return
-            time.sleep(RETRY_SECONDS)
-        log.error("MLflow still unreachable: %d logging operations were not written", len(self._pending))
+    def _apply(self, entry: Entry) -> None:
+        """Write one entry; what the run already holds is not written again (a replay after a crash)."""
+        run_id, data = self._run_for(entry), entry.data
+        if entry.kind == "result" and data["step"] > self._logged[entry.trial_id]:
+            metrics = [Metric(k, v, ts, step) for k, v, ts, step in data["metrics"]]
+            tags = [RunTag(k, v) for k, v in data["tags"].items()]
+            self.client.log_batch(run_id, metrics=metrics, tags=tags)
+            self._logged[entry.trial_id] = data["step"]
+        elif entry.kind == "image":
+            self._log_pictures(run_id, entry)
+        elif entry.kind == "tags":
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in data["tags"].items()])
+        elif entry.kind == "model":
+            self._log_generator(run_id, data["checkpoint"])
+        elif entry.kind == "end":
+            self.client.set_terminated(run_id, data["status"])
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        result = trial.last_result or {}
-        ended = outcome(bool(result.get("failure")), result.get("training_iteration", 0), self.max_evals)
-        self._tag(trial, {"outcome": ended})
-        self._submit(lambda: self._log_generator(trial))
-        self._end(trial, "FAILED" if ended == FAILED else "FINISHED")
+    def _log_pictures(self, run_id: str, entry: Entry) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            for i, name in enumerate(entry.data["curves"]):  # the same artifact paths, overwritten
+                if f"curve{i}" in entry.blobs:
+                    (Path(folder) / name).write_bytes(entry.blobs[f"curve{i}"])
+                    self.client.log_artifact(run_id, str(Path(folder) / name), "curves")
+        step = entry.data["step"]
+        if "grid" in entry.blobs and step > self._imaged[entry.trial_id]:
+            grid = Image.open(io.BytesIO(entry.blobs["grid"]))
+            self.client.log_image(run_id, grid, key=IMAGE_KEY, step=step)
+            self._imaged[entry.trial_id] = step
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        reason = (getattr(trial, "error_message", None) or "error").strip().splitlines()
-        self._tag(trial, {"outcome": FAILED, "failure_reason": reason[-1][:5000] if reason else "error"})
-        self._end(trial, "FAILED")
+    def _run_for(self, entry: Entry) -> str:
+        """The trial's one child run: created once, found again after any restart, with what it holds."""
+        trial_id = entry.trial_id
+        if trial_id in self._runs:
+            return self._runs[trial_id]
+        query = f"tags.{TRIAL_TAG} = '{trial_id}' and tags.`{PARENT_TAG}` = '{self.parent_run_id}'"
+        found = self.client.search_runs([self.experiment_id], filter_string=query)
+        if found:
+            run_id = found[0].info.run_id
+            history = self.client.get_metric_history(run_id, "step")
+            self._logged[trial_id] = max((int(m.value) for m in history), default=-1)
+            self._imaged[trial_id] = max(image_steps(self.client, run_id), default=-1)
+        else:
+            run_id = self._create_run(entry)
+            self._logged[trial_id] = self._imaged[trial_id] = -1
+        self._runs[trial_id] = run_id
+        return run_id
 
-    def _end(self, trial: Any, status: str) -> None:
-        """The run's status in the MLflow UI: a trial's run ends with its trial. A restarted or
-        resumed trial logs into it again all the same (MLflow allows it on an ended run)."""
-        self._submit(lambda: self.client.set_terminated(self.run_id(trial), status))
+    def _create_run(self, entry: Entry) -> str:
+        tags = {PARENT_TAG: self.parent_run_id, TRIAL_TAG: entry.trial_id, ROLE_TAG: "trial"}
+        # created at the first result, but dated from the trial's start: the UI's duration is honest
+        started = entry.data.get("started") or self._started.get(entry.trial_id)
+        run = self.client.create_run(self.experiment_id, run_name=run_name(entry.trial_id, entry.config,
+                                                                           self.name_keys),
+                                     tags=tags, start_time=int(started * 1000) if started else None)
+        # every hyperparameter, the defaults a search did not vary included
+        params = TrialConfig.from_dict(entry.config).to_dict()
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        return run.info.run_id
 
-    def _tag(self, trial: Any, tags: Mapping[str, str]) -> None:
-        self._submit(lambda: self.client.log_batch(self.run_id(trial),
-                                                   tags=[RunTag(k, v) for k, v in tags.items()]))
-
-    def _log_generator(self, trial: Any) -> None:
+    def _log_generator(self, run_id: str, checkpoint: str) -> None:
         from orchestrator.gan.checkpoints import GENERATOR_FILE
 
-        checkpoint = trial.checkpoint
-        if checkpoint is None:
-            return
-        with checkpoint.as_directory() as folder:
-            path = Path(folder) / GENERATOR_FILE
-            if path.exists():
-                self.client.log_artifact(self.run_id(trial), str(path), artifact_path=CHECKPOINT_FOLDER)
+        path = Path(checkpoint) / GENERATOR_FILE
+        if path.exists():  # a local checkpoint (remote ones: the export logs the best model)
+            self.client.log_artifact(run_id, str(path), artifact_path=CHECKPOINT_FOLDER)
+
+    def _reconcile(self, trials: list) -> None:
+        """What Tune recorded and MLflow lacks (a driver that died with a journal it could not keep,
+        a head node lost): each trial's evaluations from its result.json, the sample grids of the
+        checkpoints it kept, and for a finished trial its outcome and end. Runs only what is missing;
+        the journal's own entries come first."""
+        self._drain()
+        for trial in trials:
+            rows = _recorded_results(trial)
+            if not rows:
+                continue
+            try:
+                entry = self._entry(trial, "result", result_data(rows[0], None))
+                self._run_for(entry)
+            except unreachable_errors():
+                return  # the journal and the next results will catch up
+            for row in rows:
+                if int(row.get("step", 0)) > self._logged[trial.trial_id]:
+                    self.journal.append(self._entry(trial, "result", result_data(row, None)))
+            for step, grid in _kept_grids(trial):
+                if step > self._imaged[trial.trial_id]:
+                    image = {"step": step, "curves": []}
+                    self.journal.append(self._entry(trial, "image", image, {"grid": grid}))
+            if trial.status in ("TERMINATED", "ERROR") and not self._has_outcome(trial.trial_id):
+                last = rows[-1]
+                failed = trial.status == "ERROR" or bool(last.get("failure"))
+                ended = outcome(failed, int(last.get("training_iteration", 0)), self.max_evals)
+                self.journal.append(self._entry(trial, "tags", {"tags": {"outcome": ended}}))
+                self.journal.append(self._entry(trial, "end", {"status": "FAILED" if failed else "FINISHED"}))
+        self._drain()
+
+    def _has_outcome(self, trial_id: str) -> bool:
+        return "outcome" in self.client.get_run(self._runs[trial_id]).data.tags
 
 
 # where the trial last ran, and in which number format (the trainable reports them)
 PLACEMENT_TAGS = ("node_ip", "node_id", "device", "compute_precision")
 
 
-def run_name(trial: Any, keys: Sequence[str]) -> str:
+def run_name(trial_id: str, config: Mapping[str, Any], keys: Sequence[str]) -> str:
     """What the MLflow UI lists a trial's run as: its id and the hyperparameters that tell it from
     the others (``ed22e021 bce lr_g 2e-04 lr_d 2e-04 ngf 64``), not Tune's ``GanTrainable_ed22e021``."""
-    shown = [f"{key} {_short(trial.config[key])}" for key in keys if key in trial.config]
-    return " ".join([trial.trial_id, *shown])
+    shown = [f"{key} {_short(config[key])}" for key in keys if key in config]
+    return " ".join([trial_id, *shown])
+
+
+def result_data(result: Mapping[str, Any], started: float | None) -> dict[str, Any]:
+    """A result as a journal entry's data: its metrics at its step, and its tags."""
+    step, now = int(result.get("step", 0)), int(time.time() * 1000)
+    metrics = [[key, float(value), now, step] for key, value in result.items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool) and _is_metric(key)]
+    tags = {key: str(result[key]) for key in PLACEMENT_TAGS if result.get(key)}
+    if result.get("failure"):
+        tags |= {"outcome": FAILED, "failure_reason": str(result["failure"]),
+                 "failure_mode": str(result.get("failure_mode") or "diverged")}
+        evidence = result.get("evidence") or {}
+        tags.update({f"evidence.{k}": f"{v:.6g}" for k, v in evidence.items()})
+    return {"step": step, "metrics": metrics, "tags": tags, "started": started}
+
+
+def image_steps(client: MlflowClient, run_id: str) -> list[int]:
+    """The steps of the sample grids a run holds."""
+    from orchestrator.search.tracking.store import image_step
+
+    return [image_step(a.path) for a in client.list_artifacts(run_id, "images")]
+
+
+def _recorded_results(trial: Any) -> list[dict[str, Any]]:
+    """The trial's results as Tune recorded them on the driver (its result.json), in order."""
+    path = Path(getattr(trial, "local_path", "") or "") / "result.json"
+    rows = []
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                rows.append(json.loads(line))
+    return sorted(rows, key=lambda r: int(r.get("training_iteration", 0)))
+
+
+def _kept_grids(trial: Any) -> list[tuple[int, bytes]]:
+    """(step, PNG) of the sample grids in the trial's checkpoints still on this machine, by step."""
+    from orchestrator.gan.checkpoints import GRID_FILE, REPORT_FILE
+
+    folder = str(getattr(trial, "path", "") or "")
+    if not folder or "://" in folder:
+        return []  # remote checkpoints: their grids were logged as they came, or are the export's
+    grids = []
+    for checkpoint in sorted(Path(folder).glob("checkpoint_*")):
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            step = int(json.loads((checkpoint / REPORT_FILE).read_text())["step"])
+            grids.append((step, (checkpoint / GRID_FILE).read_bytes()))
+    return sorted(grids, key=lambda g: g[0])
 
 
 def _short(value: Any) -> str:
@@ -239,8 +352,6 @@ def read_checkpoint_file(checkpoint: Any, name: str) -> bytes | None:
 
 
 def read_checkpoint_json(checkpoint: Any, name: str) -> dict[str, Any] | None:
-    import json
-
     raw = read_checkpoint_file(checkpoint, name)
     if raw is None:
         return None
