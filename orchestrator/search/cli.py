@@ -9,13 +9,27 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
-from orchestrator.cli import UsageParser, add_run_flags, count, nonempty, positive, retries, run_main, share
+from orchestrator.cli import (
+    UsageParser,
+    add_run_flags,
+    count,
+    nonempty,
+    on_interrupt,
+    positive,
+    retries,
+    run_main,
+    share,
+)
 from orchestrator.data import dataset as datasets
 from orchestrator.data import sources
+from orchestrator.search.lock import driver_lock
 from orchestrator.search.plan import (
+    STATE_FILE,
+    Plan,
     check_new,
     check_outputs,
     check_ray_address,
@@ -71,6 +85,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     plan = make_plan(args)
     check_outputs(plan)
+    if args.dry_run:  # writes nothing, so takes no lock
+        return _checked(args, plan)
+    # before the checks that read the search's folder: two drivers starting together must not both
+    # find it free
+    command = "python -m orchestrator.search " + shlex.join(plan.argv)
+    lock = driver_lock(plan.experiment_dir, command, STATE_FILE)
+    lock.acquire()
+    try:
+        return _checked(args, plan)
+    finally:
+        lock.release()
+
+
+def _checked(args: argparse.Namespace, plan: Plan) -> int:
     if args.resume:  # first: a resume of another search is refused whatever its data
         check_resumable(plan)
     else:
@@ -87,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_database(plan.study_storage, "--study-storage")
     check_ray_address(plan.address)
     from orchestrator.search.runner import run_search  # heavy imports (ray, mlflow) only past validation
+
+    on_interrupt("the search had not started (nothing of it is kept): run the same command again"
+                 if not plan.resume else "nothing changed: run the same command again")
 
     return run_search(plan)
 

@@ -18,11 +18,12 @@ from typing import Any
 
 from orchestrator.atomic import atomic_write, check_writable_folder
 from orchestrator.cli import run_settings
-from orchestrator.config import CPU_BUDGET, RunSettings
+from orchestrator.config import CPU_BUDGET, MAX_COUNT, RunSettings
 from orchestrator.errors import ConfigError, first_line
 from orchestrator.gan.placement import place
+from orchestrator.search.lock import LOCK_FILE
 from orchestrator.search.space import SearchSpace, describe, load_space, space_path, startup_trials
-from orchestrator.search.tracking.store import check_store
+from orchestrator.search.tracking.store import ARTIFACTS_FOLDER, STORE_FILE, check_store
 
 log = logging.getLogger("orchestrator.search")
 
@@ -34,6 +35,8 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SMOKE = {"num_samples": 4, "max_evals": 3, "grace_period": 1, "reduction_factor": 2, "eval_every": 40,
          "fid_n": 128, "limit": 2000, "max_concurrent": 1}
 STUDY_FILE = "optuna.db"  # beside the results: the search's Optuna study
+# what a search's folder holds before its first trial: its lock, and what a start cut short made
+OWN_FILES = (LOCK_FILE, STORE_FILE, STUDY_FILE, ARTIFACTS_FOLDER)
 SMOKE_NOTE = ("smoke test: checks the machinery (data, trials, ASHA, MLflow, the pictures) in minutes, not "
               "quality: a few hundred steps teach a GAN nothing; without --smoke-test a search trains one")
 
@@ -102,6 +105,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
         health=space.health,
     )
     max_evals = args.max_evals or overlay.get("max_evals") or budget.max_evals
+    if max_evals * settings.eval_every > MAX_COUNT:  # a trial's steps are counted in 32 bits downstream
+        steps = max_evals * settings.eval_every
+        raise ConfigError(f"--max-evals {max_evals} x {settings.eval_every} steps an evaluation is {steps:,} "
+                          f"steps, more than any trial can run ({MAX_COUNT:,})")
     max_concurrent = args.max_concurrent or overlay.get("max_concurrent") or budget.max_concurrent or 4
     cpus = args.cpus_per_trial or (1.0 if gpus else float(max(1, (os.cpu_count() or 1) // max_concurrent)))
     if not args.address and cpus > (os.cpu_count() or 1):  # Tune would wait for it forever
@@ -320,6 +327,13 @@ def check_new(plan: Plan) -> None:
     if (folder / STATE_FILE).exists() or any(folder.glob("experiment_state*")):
         raise ConfigError(f"a search named {plan.name!r} is already in {folder}: add --resume to continue "
                           "it, or choose another --name")
+    # a folder of someone else's files is never moved into (the driver's lock, taken just before,
+    # and what an interrupted start of this same search made are a search's own)
+    others = sorted(p.name for p in folder.iterdir() if p.name not in OWN_FILES) if folder.is_dir() else []
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise ConfigError(f"--name {plan.name}: {folder} holds files that are not a search's ({shown}); "
+                          "choose another --name or --storage")
 
 
 def check_resumable(plan: Plan) -> None:

@@ -210,6 +210,9 @@ def _budget(node: Any, at: _At) -> Budget:
     rf = node["reduction_factor"]
     if not is_number(rf) or rf < 2:
         raise (at / "reduction_factor").error(f"{rf!r} must be a number >= 2")
+    if node["eval_every"] * node["max_evals"] > MAX_COUNT:
+        raise (at / "max_evals").error(f"{node['max_evals']!r} x eval_every {node['eval_every']!r} is more "
+                                       f"steps than a trial can run ({MAX_COUNT:,})")
     if node["grace_period"] > node["max_evals"]:
         raise (at / "grace_period").error(f"{node['grace_period']!r} exceeds max_evals {node['max_evals']!r}")
     return Budget(**{**node, "reduction_factor": float(rf)})
