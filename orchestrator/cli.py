@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from orchestrator.config import MAX_COUNT, PRECISIONS, RunSettings, default_cache_dir
-from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.errors import ConfigError, OrchestratorError, Terminated
 
 
 class UsageParser(argparse.ArgumentParser):
@@ -161,14 +162,50 @@ def run_settings(args: argparse.Namespace, **fields: Any) -> RunSettings:
     return RunSettings(**(flags | fields))
 
 
+INTERRUPTED, TERMINATED = 130, 143  # the shell's statuses for a death by SIGINT and by SIGTERM
+_on_interrupt = ["nothing was started"]  # what an interrupt keeps and how to go on: the command says
+
+
+def on_interrupt(what: str) -> None:
+    """Say what an interrupt from now on leaves behind and how to continue (one line's tail)."""
+    _on_interrupt[0] = what
+
+
+def catch_signals() -> None:
+    """SIGINT raises KeyboardInterrupt and SIGTERM ``Terminated`` (a KeyboardInterrupt) in the main
+    thread, so every command ends the same way on either, at any moment. Installed again after
+    ``ray.init``, whose own SIGTERM handler dumps a stack and aborts."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def interrupted_status(err: BaseException) -> int:
+    return TERMINATED if isinstance(err, Terminated) else INTERRUPTED
+
+
 def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Run ``main``; a user error becomes one line on stderr and exit status 2, never a traceback."""
+    """Run ``main``; a user error becomes one line on stderr and exit status 2, never a traceback;
+    Ctrl-C and SIGTERM one line saying what is kept and how to go on, status 130 or 143."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    on_interrupt("nothing was started")
     try:
+        catch_signals()
         return main(argv)
     except OrchestratorError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        return report_interrupt(err)
+
+
+def report_interrupt(err: BaseException) -> int:
+    """The one line an interrupted command ends with; its exit status."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this line short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted (Ctrl-C)"
+    print(f"{how}: {_on_interrupt[0]}", file=sys.stderr, flush=True)
+    return interrupted_status(err)

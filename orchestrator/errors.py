@@ -32,6 +32,11 @@ class WeightsError(OrchestratorError):
     """Model weights (the FID Inception network) cannot be found or loaded."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, systemd, Kubernetes, ``ray job stop``): every command ends on it as on
+    Ctrl-C, what is done kept, with exit status 143 instead of 130 (``orchestrator.cli``)."""
+
+
 class TrainingDiverged(Exception):
     """A loss turned NaN or inf; the trial is dead, not the user's input."""
 

@@ -8,6 +8,9 @@ with A alone it only saves. Prints one line, e.g. ``fid5k: 12.3456 (n=5000, weig
 
 from __future__ import annotations
 
+import orchestrator.startup  # noqa: F401  first: a signal while the imports load is one line
+
+# isort: split
 import argparse
 import logging
 import sys

@@ -12,6 +12,10 @@ draws it.
 
 from __future__ import annotations
 
+import orchestrator.startup  # noqa: F401  first: a signal while the imports load is one line
+
+# isort: split
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -77,6 +81,8 @@ def from_tune(folder: Path) -> Trials:
     # a damaged state file makes Tune's reader raise whatever its parsing meets first
     except Exception as err:
         raise ConfigError(f"{folder}: Tune's experiment state cannot be read ({first_line(err)})") from None
+    for trial in analysis.trials:
+        _check_history(Path(trial.path or ""), trial.status.lower() in ("pending", "running", "paused"))
     goal = _objective([t.last_result or {} for t in analysis.trials], folder)
     max_evals = max(int(t.stopping_criterion.get("training_iteration", 0)) for t in analysis.trials)
     table = results_table(ResultGrid(analysis), goal, max_evals)
@@ -106,6 +112,23 @@ def from_mlflow(experiment: str, uri: str) -> Trials:
         raise ConfigError(f"{experiment}: the search ranked on {search.key!r}, no FID this version reports")
     thumbnails, figures = read_pictures(uri, search, pick_figures)
     return Trials(table, goal, "GPU" if gpu else "CPU", share, search.name, thumbnails, figures)
+
+
+def _check_history(trial: Path, live: bool) -> None:
+    """A finished trial's ``result.json`` parses line by line: one cut short (a full disk, a copy
+    interrupted) would show as an infinite FID. A live trial may be writing its last line."""
+    path = trial / "result.json"
+    if not path.is_file():
+        return  # a trial that never reported: its row says so
+    lines = path.read_text(errors="replace").splitlines()
+    for number, line in enumerate(lines, 1):
+        try:
+            json.loads(line)
+        except ValueError:
+            if live and number == len(lines):
+                return
+            raise ConfigError(f"{path}: damaged at line {number} of {len(lines)} (not a complete result): "
+                              "this trial's history is cut short") from None
 
 
 def _objective(metrics: list[dict[str, Any]], folder: Path) -> Objective:

@@ -10,6 +10,9 @@ checkpoint's ``grid.png``. Sampling runs on the CPU.
 
 from __future__ import annotations
 
+import orchestrator.startup  # noqa: F401  first: a signal while the imports load is one line
+
+# isort: split
 import logging
 import re
 import sys

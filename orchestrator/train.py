@@ -6,6 +6,9 @@ evaluation and a checkpoint (``checkpoint.pt``, rewritten atomically at every ev
 
 from __future__ import annotations
 
+import orchestrator.startup  # noqa: F401  first: a signal while the imports load is one line
+
+# isort: split
 import argparse
 import logging
 import math
@@ -21,6 +24,7 @@ from orchestrator.cli import (
     count,
     device_arg,
     epochs_arg,
+    on_interrupt,
     path_arg,
     run_main,
     run_settings,
@@ -29,7 +33,7 @@ from orchestrator.cli import (
 from orchestrator.config import CPU_BUDGET, RunSettings, TrialConfig
 from orchestrator.data import dataset as datasets
 from orchestrator.data import sources
-from orchestrator.errors import TrainingDiverged
+from orchestrator.errors import ConfigError, TrainingDiverged
 from orchestrator.gan.checkpoints import TRIAL_FILE
 from orchestrator.gan.placement import place, resolve_device
 from orchestrator.gan.trial import TrialRunner, format_report
@@ -81,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = _settings(args)
     if args.out is not None:
         check_writable_folder(args.out, f"--out {args.out}")
+        if (args.out / TRIAL_FILE).exists() or any(args.out.glob("samples_step*.png")):
+            raise ConfigError(f"--out {args.out} holds another run's checkpoint and grids: give a new "
+                              "folder (nothing there is overwritten)")
     check_writable_folder(settings.cache_dir, f"cache folder {settings.cache_dir}")
     spec = datasets.spec_for(settings)
     datasets.validate(spec)
@@ -105,13 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
              settings.dataset, settings.resolution, placement.describe(), total, eval_every, out)
 
     runner = TrialRunner(config, settings, data, reference, extractor, placement, real_ref)
+    on_interrupt(f"the grids and the checkpoint of the last evaluation printed are in {out}")
     try:
         while runner.step < total:
             runner.train(min(eval_every, total - runner.step))
             report = runner.evaluate()
-            print(format_report(report, settings), flush=True)
+            # written before the line that describes them: an interrupt after it loses nothing
             save_png(runner.grid(), out / f"samples_step{runner.step:07d}.png")
             runner.save(out / TRIAL_FILE)
+            print(format_report(report, settings), flush=True)
             if runner.verdict is not None:
                 print(f"stopped: {runner.verdict.describe()}; checkpoint and grids in {out}", flush=True)
                 return 1

@@ -9,13 +9,16 @@ import json
 import logging
 import os
 import shlex
+import signal
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.cli import catch_signals, on_interrupt
 from orchestrator.data import dataset as datasets
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, Terminated
 from orchestrator.gan.placement import resolve_device
 from orchestrator.metrics.diversity import real_reference
 from orchestrator.metrics.inception import load_inception
@@ -42,7 +45,37 @@ DRIVER_ENVIRONMENT = {
     # 10 ms; 0 would save at every turn of Tune's loop, ten times a second) leaves a window of a
     # second after a checkpoint, not ten.
     "TUNE_GLOBAL_CHECKPOINT_S": "1",
+    # Ctrl-C and SIGTERM are this driver's (``StopRequest``): the first asks Tune to stop as its
+    # SIGUSR1 does (the experiment state saved), a second stops at once
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
 }
+
+
+class StopRequest:
+    """The driver's SIGINT and SIGTERM while Tune runs: the first stops Tune's loop gracefully (its
+    own SIGUSR1 handler: trials paused, the experiment state saved), a second raises at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        tune_stop = signal.getsignal(signal.SIGUSR1)  # Tune installs it when its loop starts
+        if self.signum is not None or not callable(tune_stop):
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        self.signum = signum
+        print("stopping: the trials are paused and the search's state saved; again to stop at once",
+              file=sys.stderr, flush=True)
+        tune_stop(signal.SIGUSR1, frame)
+
+    def exception(self) -> KeyboardInterrupt | None:
+        """What the driver ends with after Tune stopped on a request; None when none came."""
+        if self.signum is None:
+            return None
+        return Terminated() if self.signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def run_search(plan: Plan) -> int:
@@ -77,8 +110,9 @@ def run_search(plan: Plan) -> int:
     client = store.connect(tracking_uri)
     identity = {"data_key": data.key, "fid_network": extractor.name, "fid_reference_n": str(reference.n)}
     state = _parent_run(plan, client, tracking_uri, identity)
+    on_interrupt(f"the search is kept in {plan.experiment_dir}; continue it: {resume_command(plan)}")
     logger = MlflowTrialLogger(tracking_uri, state["experiment_id"], state["parent_run_id"], plan.max_evals,
-                               _leading_params(plan)[:5])
+                               _leading_params(plan)[:5], journal_folder(plan))
     sheet_logger = ContactSheetLogger(
         beside_results(plan) / SHEETS_FOLDER, objective(plan.settings.fid_n).key,
         milestones(plan.grace_period, plan.reduction_factor, plan.max_evals), plan.max_evals,
@@ -93,6 +127,7 @@ def run_search(plan: Plan) -> int:
     )
     clock.lap("ray_start")
     started = time.time()
+    stop = StopRequest()
     try:
         if plan.resume:
             tuner = tune.Tuner.restore(plan.experiment_dir, trainable, resume_unfinished=True,
@@ -100,8 +135,12 @@ def run_search(plan: Plan) -> int:
         else:
             tuner = tune.Tuner(trainable, tune_config=_tune_config(plan),
                                run_config=_run_config(plan, [logger, sheet_logger]))
+        stop.install()
         results = tuner.fit()
+        catch_signals()
         clock.lap("trials")
+        if (interrupted := stop.exception()) is not None:
+            raise interrupted
         code = summarise(plan, results, client, state, time.time() - started)
         clock.lap("summary")
         _report_time(plan, clock.seconds)
@@ -126,11 +165,12 @@ def _start_ray(plan: Plan) -> None:
 
     if plan.address:
         ray.init(address=plan.address, include_dashboard=False)
-        return
-    if running := _local_ray_cluster():
-        print(f"ray: a Ray cluster started by `ray start` is running here ({running}); this search starts "
-              "its own. To run on that cluster instead: --address auto")
-    ray.init(address="local", include_dashboard=False, num_cpus=os.cpu_count())
+    else:
+        if running := _local_ray_cluster():
+            print(f"ray: a Ray cluster started by `ray start` is running here ({running}); this search "
+                  "starts its own. To run on that cluster instead: --address auto")
+        ray.init(address="local", include_dashboard=False, num_cpus=os.cpu_count())
+    catch_signals()  # ray.init's own SIGTERM handler dumps a stack and aborts
 
 
 PLACEMENT_WAIT_S = 600  # on a cluster, how long a search waits for a node a trial fits on
@@ -198,6 +238,25 @@ def _report_time(plan: Plan, seconds: dict[str, float]) -> None:
         (Path(plan.experiment_dir) / TIMINGS_FILE).write_text(json.dumps(seconds, indent=1))
 
 
+JOURNAL_FOLDER = "mlflow_pending"  # what the driver still owes MLflow (tracking/journal.py)
+
+
+def journal_folder(plan: Plan) -> Path:
+    """Beside the results where they are local; with remote results, in the folder the driver runs
+    in (a head that is lost takes it along: the resume rebuilds what it can from the trials' records)."""
+    if "://" not in plan.storage:
+        return Path(plan.experiment_dir) / JOURNAL_FOLDER
+    return Path.cwd() / f"{plan.name}-{JOURNAL_FOLDER}"
+
+
+def resume_command(plan: Plan) -> str:
+    """The command that continues this search: the one it was started with, plus --resume."""
+    argv = [*plan.argv] if "--resume" in plan.argv else [*plan.argv, "--resume"]
+    if "--name" not in argv and not any(a.startswith("--name=") for a in argv):
+        argv += ["--name", plan.name]  # a default name is the latest search's: say which
+    return "python -m orchestrator.search " + shlex.join(argv)
+
+
 def _local_tracking_uri(plan: Plan) -> str:
     Path(plan.experiment_dir).mkdir(parents=True, exist_ok=True)  # local: the plan refused remote storage
     return store.default_tracking_uri(Path(plan.experiment_dir))
@@ -208,7 +267,7 @@ def _parent_run(plan: Plan, client: Any, uri: str, identity: dict[str, str]) -> 
         return read_state(plan)
     # a server keeps the artifacts itself; with a database (or the sqlite file) they go beside the
     # results, where Tune's storage is (a folder here, or s3://... on a cluster)
-    artifacts = f"{plan.experiment_dir}/mlartifacts"
+    artifacts = f"{plan.experiment_dir}/{store.ARTIFACTS_FOLDER}"
     location = None if store.is_server(uri) else (
         artifacts if "://" in artifacts else Path(artifacts).resolve().as_uri())
     goal = objective(plan.settings.fid_n)
