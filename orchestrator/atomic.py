@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -33,17 +34,29 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
 
 def check_writable_folder(path: Path, what: str) -> Path:
     """``path`` is a folder this process can write in, or one it can create: checked before any
-    work, so that an hour's results are never computed and then lost to a bad output path. Raises
-    ``ConfigError`` naming ``what`` (e.g. ``--storage runs``) and the reason."""
+    work, so that an hour's results are never computed and then lost to a bad output path. Checked
+    by trying, not by permission bits (root passes those under /proc, on a read-only mount, or with
+    a name longer than the file system allows): the missing folders are made, a file is written in
+    the last and removed, and what the check made is removed again. Raises ``ConfigError`` naming
+    ``what`` (e.g. ``--storage runs``) and the reason."""
     path = Path(path)
-    existing = path
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        where = "" if existing == path else f" ({existing} is a file)"
-        raise ConfigError(f"{what}: not a folder{where}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what}: {existing} is not writable")
+    made: list[Path] = []
+    try:
+        for folder in [*reversed(path.parents), path]:
+            if folder.is_dir():
+                continue
+            if folder.exists() or folder.is_symlink():
+                where = "" if folder == path else f" ({folder} is a file)"
+                raise ConfigError(f"{what}: not a folder{where}")
+            folder.mkdir()
+            made.append(folder)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ConfigError(f"{what}: cannot write in {path}: {err.strerror or err}") from None
+    finally:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     return path

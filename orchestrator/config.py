@@ -195,10 +195,23 @@ def check_choice(flag: str, value: str, choices: tuple[str, ...]) -> str:
 
 
 def default_cache_dir() -> Path:
-    """``$ORCHESTRATOR_CACHE`` or ``~/.cache/orchestrator``: decoded datasets and FID statistics."""
+    """``$ORCHESTRATOR_CACHE`` or ``~/.cache/orchestrator``: decoded datasets and FID statistics. An
+    empty variable is refused like every empty path (it would mean the current folder)."""
     import os
 
-    return Path(os.environ.get("ORCHESTRATOR_CACHE", Path.home() / ".cache" / "orchestrator"))
+    cache = os.environ.get("ORCHESTRATOR_CACHE")
+    if cache is not None:
+        if not cache.strip():
+            raise ConfigError("$ORCHESTRATOR_CACHE is set but empty: point it at a folder, or unset it "
+                              "for ~/.cache/orchestrator")
+        return Path(cache)
+    home = os.environ.get("HOME")
+    if home is not None and not home.strip():
+        raise ConfigError("$HOME is empty, so there is no ~/.cache: set $ORCHESTRATOR_CACHE to a folder")
+    try:
+        return Path.home() / ".cache" / "orchestrator"
+    except (RuntimeError, KeyError):  # no HOME and no entry in the password database
+        raise ConfigError("no home folder for ~/.cache: set $ORCHESTRATOR_CACHE to a folder") from None
 
 
 class YamlLoader(yaml.SafeLoader):

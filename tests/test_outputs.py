@@ -31,13 +31,30 @@ def test_a_file_in_the_way_is_named(tmp_path: Path) -> None:
         check_writable_folder(tmp_path / "f" / "sub", "--out X")
 
 
-def test_a_read_only_folder_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_read_only_folder_is_named(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    if os.geteuid() == 0:  # root writes anywhere: stand in for the kernel's answer to anyone else
-        monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked)
-    with pytest.raises(ConfigError, match=f"--storage runs: {locked} is not writable"):
+    if os.geteuid() == 0:
+        pytest.skip("root writes in a 0500 folder; the kernel's own refusals are tested below")
+    with pytest.raises(ConfigError, match=f"--storage runs: cannot write in {locked / 'runs'}: Permission"):
         check_writable_folder(locked / "runs", "--storage runs")
+
+
+@pytest.mark.parametrize("where", ["/proc/self/runs", "/sys/orchestrator-runs", "/proc/version/runs", "LONG"])
+def test_a_folder_the_kernel_refuses_is_found_by_trying(where: str, tmp_path: Path) -> None:
+    """What permission bits let root through (issue 24): /proc, /sys, a name longer than the file
+    system allows. Nothing is left behind by the check."""
+    path = tmp_path / ("x" * 300) / "runs" if where == "LONG" else Path(where)
+    with pytest.raises(ConfigError, match=r"^--storage X: (cannot write in .*: .+|not a folder.*)$"):
+        check_writable_folder(path, "--storage X")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_check_writes_and_leaves_nothing(tmp_path: Path) -> None:
+    (tmp_path / "there").mkdir()
+    check_writable_folder(tmp_path / "there", "--out")
+    check_writable_folder(tmp_path / "a" / "b" / "c", "--out")
+    assert [p.name for p in tmp_path.iterdir()] == ["there"] and not list((tmp_path / "there").iterdir())
 
 
 @pytest.mark.parametrize(

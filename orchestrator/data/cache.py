@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -23,12 +25,16 @@ from tqdm import tqdm
 
 from orchestrator.atomic import atomic_write
 
+log = logging.getLogger(__name__)
+
 FORMAT_VERSION = 1  # bump when decoding changes, so that old caches are never reused
 _CHUNK = 256  # files per process-pool task at most; fewer on small sets, so every core has work
 _TASKS_PER_WORKER = 4  # enough tasks that a worker finishing early picks up another
 _MIN_POOL_FILES = 512  # below this, starting worker processes costs more than it saves
 # what PIL raises for a truncated, garbage or hostile file (a broken PNG is a SyntaxError)
 _UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+MAX_PIXELS = 100_000_000  # one image: 100 MP is 300 MB as RGB, more as PIL works on it
+WIDE_GREY = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I": 65535}  # PIL modes -> full scale
 Failure = tuple[int, str, str]  # an unreadable file: its position, path and the reason
 
 
@@ -42,13 +48,32 @@ class Listing:
     pixels: np.ndarray | None = None  # uint8 [N, C, H, W], resized in-process
 
 
+class TooLarge(ValueError):
+    """An image whose pixels would not fit in memory once decoded: refused from its header."""
+
+
 def decode_image(path: str | Path, resolution: int) -> np.ndarray:
     """One image file as RGB uint8 ``[R, R, 3]``: centre square crop, bicubic (antialiased) resize."""
+    return _decode_sized(path, resolution)[0]
+
+
+def _decode_sized(path: str | Path, resolution: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """``decode_image`` and the file's own size. Refused before decoding when larger than
+    ``MAX_PIXELS``; 16-bit grey scaled to 8 bits, not clipped (PIL's own conversion turns every
+    pixel above 255 white)."""
     with Image.open(path) as image:
+        size = image.size
+        if size[0] * size[1] > MAX_PIXELS:
+            raise TooLarge(f"{size[0]}x{size[1]} is more than {MAX_PIXELS:,} pixels, the limit for one image")
         # libjpeg decodes at 1/2..1/8 scale when the file is far larger than needed (3-4x faster);
         # the resize below still filters down from at least twice the target resolution
         image.draft("RGB", (2 * resolution, 2 * resolution))
-        return _crop_resize(image.convert("RGB"), resolution)
+        if image.mode in WIDE_GREY:
+            grey = np.asarray(image, np.float64) * (255 / WIDE_GREY[image.mode])
+            rgb = Image.fromarray(np.clip(grey, 0, 255).round().astype(np.uint8)).convert("RGB")
+        else:
+            rgb = image.convert("RGB")
+        return _crop_resize(rgb, resolution), size
 
 
 def _crop_resize(image: Image.Image, resolution: int) -> np.ndarray:
@@ -94,10 +119,15 @@ def _decode_files(files: list[str], resolution: int, bar: tqdm) -> tuple[np.ndar
     size = chunk_size(len(files), os.cpu_count() or 1)
     starts = range(0, len(files), size)
     chunks = [files[start : start + size] for start in starts]
-    for start, (decoded, failed) in zip(starts, _map_chunks(chunks, resolution), strict=True):
+    small: list[str] = []
+    for start, (decoded, failed, tiny) in zip(starts, _map_chunks(chunks, resolution), strict=True):
         images[start : start + len(decoded)] = decoded
         failures += [(start + i, files[start + i], why) for i, why in failed]
+        small += tiny
         bar.update(len(decoded))
+    if small:  # once, with a count: a folder of thumbnails is not thousands of lines
+        log.warning("%d of %d images are less than half of %d px on their shorter side and are upscaled "
+                    "(blurry), the first: %s", len(small), len(files), resolution, small[0])
     return images, failures
 
 
@@ -107,27 +137,44 @@ def chunk_size(files: int, cores: int) -> int:
     return max(1, min(_CHUNK, -(-files // (cores * _TASKS_PER_WORKER))))
 
 
-def _map_chunks(chunks: list[list[str]], resolution: int) -> Iterator[tuple[np.ndarray, list]]:
+def _map_chunks(chunks: list[list[str]], resolution: int) -> Iterator[tuple[np.ndarray, list, list]]:
     workers = min(os.cpu_count() or 1, len(chunks))
     if workers < 2 or sum(map(len, chunks)) < _MIN_POOL_FILES:
         yield from (_decode_chunk(chunk, resolution) for chunk in chunks)
         return
     # workers only run PIL and numpy, so the platform's default start method (fork on Linux,
     # as torch's DataLoader uses) is safe even in a process that has initialised CUDA
-    with ProcessPoolExecutor(workers) as pool:
+    pool = ProcessPoolExecutor(workers, initializer=_leave_signals_to_the_parent)
+    try:
         yield from pool.map(_decode_chunk, chunks, itertools.repeat(resolution))
+    except BaseException:
+        # Ctrl-C or SIGTERM: the chunks not started are dropped, not decoded before the command ends
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
-def _decode_chunk(files: list[str], resolution: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """Runs in a worker process: a chunk of files as uint8 ``[n, 3, R, R]``, and what failed."""
+def _leave_signals_to_the_parent() -> None:
+    """A decoding worker ignores the terminal's Ctrl-C (sent to the whole process group) and dies
+    quietly on SIGTERM: the command ends with its own one line, not one traceback per worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _decode_chunk(files: list[str], resolution: int) -> tuple[np.ndarray, list[tuple[int, str]], list[str]]:
+    """Runs in a worker process: a chunk of files as uint8 ``[n, 3, R, R]``, what failed, and the
+    images less than half the resolution on their shorter side (upscaled: blurry)."""
     out = np.zeros((len(files), 3, resolution, resolution), np.uint8)
-    failed = []
+    failed, small = [], []
     for i, path in enumerate(files):
         try:
-            out[i] = decode_image(path, resolution).transpose(2, 0, 1)
+            pixels, (w, h) = _decode_sized(path, resolution)
+            out[i] = pixels.transpose(2, 0, 1)
+            if 2 * min(w, h) < resolution:
+                small.append(f"{path} ({w}x{h})")
         except _UNREADABLE as err:
             failed.append((i, f"{type(err).__name__}: {err}"))
-    return out, failed
+    return out, failed, small
 
 
 # --- the cache files

@@ -247,12 +247,15 @@ def _build(spec: DataSpec, source: Source, data_dir: Path, key: str, progress: b
 
 
 def _check_failures(failures: list[Failure], total: int) -> list[dict[str, str]]:
-    """Log each unreadable file; too many means a broken dataset, not a few bad files."""
-    for _, path, why in failures:
-        log.warning("skipping unreadable image %s (%s)", path, why)
+    """One line for the unreadable files, with a count (each is in the cache's metadata); too many
+    means a broken dataset, not a few bad files."""
+    if not failures:
+        return []
+    _, path, why = failures[0]
     if len(failures) > MAX_SKIPPED_FRACTION * total:
-        _, path, why = failures[0]
         raise DataError(f"{len(failures)} of {total} images cannot be read, first: {path} ({why})")
+    log.warning("skipping %d unreadable image%s of %d, the first: %s (%s)", len(failures),
+                "s" if len(failures) > 1 else "", total, path, why)
     return [{"file": path, "error": why} for _, path, why in failures]
 
 
