@@ -30,6 +30,8 @@ import pytest
 import torch
 from servers import free_port
 
+from orchestrator.search.lock import LocalLock
+
 pytestmark = pytest.mark.integration  # whole searches: deselected by a plain `pytest`
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,11 +243,21 @@ def test_troubleshooting_messages_are_what_the_program_prints(
     ]
     if not torch.cuda.is_available():
         commands.append("python -m orchestrator.search shapes --gpus-per-trial 0.25 --dry-run")
+    commands.append("ORCHESTRATOR_CACHE= python -m orchestrator.search shapes --dry-run")
+    # a driver holds the walkthrough's search (this process, as a running search would): a --resume
+    # of it is refused before any work
+    held = LocalLock(walkthrough["experiment_dir"], "python -m orchestrator.search shapes --smoke-test")
+    held.acquire()
+    commands.append(f"python -m orchestrator.search shapes --smoke-test --name smoke --storage {storage} "
+                    "--resume")
     documented = {message: re.compile(".*".join(map(re.escape, message.split("...")))) for message in
                   _documented_errors()}
     unmatched = set(documented)
-    for command in commands:
-        done = _shell(command, tmp_path, timeout=300, ORCHESTRATOR_FID_WEIGHTS="/nope")
+    try:
+        outputs = [(c, _shell(c, tmp_path, timeout=300, ORCHESTRATOR_FID_WEIGHTS="/nope")) for c in commands]
+    finally:
+        held.release()
+    for command, done in outputs:
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1, f"{command}\n{done.stderr[-2000:]}"
         found = [m for m, pattern in documented.items() if pattern.fullmatch(lines[0])]
