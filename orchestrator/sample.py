@@ -60,10 +60,11 @@ def build_parser() -> UsageParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    as_grid = args.out.suffix.lower() == ".png" and not args.out.is_dir()
-    if not as_grid and args.out.is_dir() and any(args.out.glob("*.png")):
-        raise ConfigError(f"--out {args.out} already holds PNG files: choose an empty folder")
+    as_grid = args.out.suffix.lower() == ".png" and not _is_dir(args.out)
+    # tried first: a name the file system refuses (too long, under /proc) is one line, not a traceback
     check_writable_folder(args.out.parent if as_grid else args.out, f"--out {args.out}")
+    if not as_grid and any(args.out.glob("*.png")):
+        raise ConfigError(f"--out {args.out} already holds PNG files: choose an empty folder")
     sampler = load_sampler(args.source, args.mlflow_uri)
     if as_grid:
         save_png(grid_image(torch.cat(list(sample(sampler, args.n, args.seed))) * 2 - 1), args.out)
@@ -72,6 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     what = "a grid of" if as_grid else "PNGs of"
     print(f"{what} {args.n} samples (seed {args.seed}) from {sampler.source} -> {args.out}")
     return 0
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long: not a folder (check_writable_folder says why)
+        return False
 
 
 def load_sampler(source: str, mlflow_uri: str | None) -> Sampler:

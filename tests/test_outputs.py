@@ -148,11 +148,19 @@ def test_the_search_checks_its_outputs_in_the_dry_run(
         (["orchestrator.report", "nothing", "--out", "FILE/r"], "--out FILE/r: not a folder"),
         (["orchestrator.fid", "shapes", "--save-stats", "FILE/s.npz"], "--save-stats FILE/s.npz: not a"),
         (["orchestrator.sample", "x", "--out", "FILE/g.png"], "--out FILE/g.png: not a folder"),
+        # a name longer than the file system allows (255 bytes): tried, not a traceback
+        (["orchestrator.sample", "x", "--out", "LONG/g.png"], "File name too long"),
+        (["orchestrator.sample", "x", "--out", "LONG"], "File name too long"),
+        (["orchestrator.fid", "shapes", "--save-stats", "LONG.npz"], "File name too long"),
+        # statistics computed before are never written over
+        (["orchestrator.fid", "shapes", "--save-stats", "old.npz"], "--save-stats old.npz already exists"),
     ],
 )
 def test_other_commands_check_their_outputs_first(command: list[str], message: str, tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
-    argv = [a.replace("FILE", str(tmp_path / "file")) for a in command]
+    (tmp_path / "old.npz").write_bytes(b"statistics computed before")
+    argv = [a.replace("FILE", str(tmp_path / "file")).replace("LONG", str(tmp_path / ("x" * 300)))
+            for a in command]
     proc = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=120,
                           cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
