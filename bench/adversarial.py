@@ -87,6 +87,16 @@ def workspace(root: Path) -> dict[str, Path]:
     Image.fromarray(np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))).save(w["grey16"] / "g.png")
     for i in range(3):
         Image.new("RGB", (6, 6), (200, 10, 40 * i)).save(w["thumbs"] / f"t{i}.png")
+    w["real_ckpt"] = root / "real_ckpt"  # an untrained generator, as a trial saves one: sampling works
+    w["real_ckpt"].mkdir()
+    import torch
+
+    from orchestrator.config import TrialConfig
+    from orchestrator.gan.models import Generator
+
+    config = TrialConfig()
+    torch.save({"config": config.to_dict(), "channels": 3, "resolution": 32,
+                "generator": Generator(config, 3, 32).state_dict()}, w["real_ckpt"] / "generator.pt")
     w["ckpt_dir"].mkdir()
     (w["ckpt_dir"] / "generator.pt").write_bytes(b"not torch")
     (root / "bad.yaml").write_text("lr_g: [1, 2\n")
@@ -204,13 +214,13 @@ def cases(w: dict[str, Path], signals: int, seed: int) -> list[Case]:
         "search": ["orchestrator.search", "shapes", "--smoke-test", "--storage", str(root / "sig-runs")],
         "train": [*train, "--steps", "200", "--eval-every", "100", "--fid-n", "64", "--out", ""],
         "fid": ["orchestrator.fid", "shapes", "shapes", "--resolution", "32", "--n", "256"],
-        "sample": ["orchestrator.sample", str(w["ckpt_dir"])],
+        "sample": ["orchestrator.sample", str(w["real_ckpt"]), "--n", "10000", "--out", ""],
     }
     for command, argv in long_running.items():
         for k in range(signals):
             after = rng.uniform(0.2, 25.0)
             signum = (signal.SIGINT, signal.SIGTERM)[k % 2]
-            run_argv = [a if a else str(root / f"train-{k}") for a in argv]
+            run_argv = [a if a else str(root / f"{command}-{k}") for a in argv]
             cache = {"ORCHESTRATOR_CACHE": str(root / f"sig-cache-{command}-{k}")}
             out.append(Case(f"{command} {signal.Signals(signum).name} at {after:.1f} s", "signals", run_argv,
                             "signal", env=cache, signal_after=after, signum=signum))

@@ -34,7 +34,7 @@ from orchestrator.config import CPU_BUDGET, RunSettings, TrialConfig
 from orchestrator.data import dataset as datasets
 from orchestrator.data import sources
 from orchestrator.errors import ConfigError, TrainingDiverged
-from orchestrator.gan.checkpoints import TRIAL_FILE
+from orchestrator.gan.checkpoints import GENERATOR_FILE, GRID_FILE, STATE_FILE, TRIAL_FILE
 from orchestrator.gan.placement import place, resolve_device
 from orchestrator.gan.trial import TrialRunner, format_report
 from orchestrator.images import save_png
@@ -43,6 +43,9 @@ from orchestrator.metrics.inception import load_inception
 from orchestrator.search.space import load_space, space_path
 
 log = logging.getLogger("orchestrator.train")
+
+# what a run of this program or a trial leaves in its folder: --out never goes where one is
+RUN_FILES = (TRIAL_FILE, STATE_FILE, GENERATOR_FILE, GRID_FILE)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -85,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = _settings(args)
     if args.out is not None:
         check_writable_folder(args.out, f"--out {args.out}")
-        if (args.out / TRIAL_FILE).exists() or any(args.out.glob("samples_step*.png")):
+        if any((args.out / name).exists() for name in RUN_FILES) or any(args.out.glob("samples_step*.png")):
             raise ConfigError(f"--out {args.out} holds another run's checkpoint and grids: give a new "
                               "folder (nothing there is overwritten)")
     check_writable_folder(settings.cache_dir, f"cache folder {settings.cache_dir}")

@@ -49,13 +49,15 @@ def test_an_empty_cache_or_home_is_refused_like_every_empty_path(
     assert list(tmp_path.iterdir()) == []  # not the current folder: nothing written there
 
 
+@pytest.mark.parametrize("name", ["checkpoint.pt", "generator.pt", "state.pt", "samples_step000100.png"])
 def test_train_never_writes_over_another_runs_checkpoint(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "checkpoint.pt").write_bytes(b"another run's")
+    """The one-trial command's own files, or a trial's checkpoint folder: refused, untouched."""
+    (tmp_path / name).write_bytes(b"another run's")
     err = _one_line(train_cli(["shapes", "--out", str(tmp_path)]), capsys)
     assert "holds another run's checkpoint and grids: give a new folder" in err
-    assert (tmp_path / "checkpoint.pt").read_bytes() == b"another run's"
+    assert (tmp_path / name).read_bytes() == b"another run's"
 
 
 def test_a_search_never_moves_into_a_folder_of_other_files(
