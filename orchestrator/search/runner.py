@@ -51,6 +51,11 @@ DRIVER_ENVIRONMENT = {
 }
 
 
+def _tune_stop_advice(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return "Tuner.restore" not in message and "Stop signal received" not in message
+
+
 class StopRequest:
     """The driver's SIGINT and SIGTERM while Tune runs: the first stops Tune's loop gracefully (its
     own SIGUSR1 handler: trials paused, the experiment state saved), a second raises at once."""
@@ -69,6 +74,9 @@ class StopRequest:
         self.signum = signum
         print("stopping: the trials are paused and the search's state saved; again to stop at once",
               file=sys.stderr, flush=True)
+        # Tune's own words for this stop ("Stop signal received", "Resume experiment with:
+        # Tuner.restore(...)") would contradict the line this search ends with (its --resume)
+        logging.getLogger("ray.tune.tune").addFilter(_tune_stop_advice)
         tune_stop(signal.SIGUSR1, frame)
 
     def exception(self) -> KeyboardInterrupt | None:
