@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,9 @@ class StopRequest:
     """The driver's SIGINT and SIGTERM while Tune runs: the first stops Tune's loop gracefully (its
     own SIGUSR1 handler: trials paused, the experiment state saved), a second raises at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_stop: Callable[[], None] = lambda: None) -> None:
         self.signum: int | None = None
+        self.on_stop = on_stop  # told before Tune stops (the trial logger: what ends now is interrupted)
 
     def install(self) -> None:
         signal.signal(signal.SIGINT, self._handle)
@@ -77,6 +79,7 @@ class StopRequest:
         # Tune's own words for this stop ("Stop signal received", "Resume experiment with:
         # Tuner.restore(...)") would contradict the line this search ends with (its --resume)
         logging.getLogger("ray.tune.tune").addFilter(_tune_stop_advice)
+        self.on_stop()
         tune_stop(signal.SIGUSR1, frame)
 
     def exception(self) -> KeyboardInterrupt | None:
@@ -135,7 +138,7 @@ def run_search(plan: Plan) -> int:
     )
     clock.lap("ray_start")
     started = time.time()
-    stop = StopRequest()
+    stop = StopRequest(logger.mark_interrupted)
     try:
         if plan.resume:
             tuner = tune.Tuner.restore(plan.experiment_dir, trainable, resume_unfinished=True,

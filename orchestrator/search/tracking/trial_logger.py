@@ -68,6 +68,8 @@ class MlflowTrialLogger(tune.Callback):
         self._imaged: dict[str, int] = {}  # trial id -> last step whose sample grid the run holds
         self.journal = Journal(self.journal_folder)
         self._warned, self._tried, self._reconciled = False, 0.0, False
+        self._interrupted = False  # the driver was asked to stop (Ctrl-C, SIGTERM)
+        self._ended: set[str] = set()  # trials this driver saw end
 
     def __getstate__(self) -> dict[str, Any]:
         keep = ("tracking_uri", "experiment_id", "parent_run_id", "max_evals", "name_keys", "journal_folder",
@@ -105,7 +107,13 @@ class MlflowTrialLogger(tune.Callback):
         data = {"step": int(report.get("step", -1)) if report else -1, "curves": list(curves)}
         self._submit(self._entry(trial, "image", data, blobs))
 
+    def mark_interrupted(self) -> None:
+        """The search is being stopped by a signal: Tune will end its running trials as if they had
+        finished (TERMINATED), and ``on_experiment_end`` must say they were interrupted."""
+        self._interrupted = True
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended.add(trial.trial_id)
         result = trial.last_result or {}
         ended = outcome(bool(result.get("failure")), result.get("training_iteration", 0), self.max_evals)
         self._submit(self._entry(trial, "tags", {"tags": {"outcome": ended}}))
@@ -114,6 +122,7 @@ class MlflowTrialLogger(tune.Callback):
         self._submit(self._entry(trial, "end", {"status": "FAILED" if ended == FAILED else "FINISHED"}))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended.add(trial.trial_id)
         reason = (getattr(trial, "error_message", None) or "error").strip().splitlines()
         tags = {"outcome": FAILED, "failure_reason": reason[-1][:5000] if reason else "error"}
         self._submit(self._entry(trial, "tags", {"tags": tags}))
@@ -130,10 +139,11 @@ class MlflowTrialLogger(tune.Callback):
             self._drain()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        # a search stopped by Ctrl-C or SIGTERM: its unfinished trials were interrupted, not
-        # stopped by ASHA; their runs say so until --resume continues them
+        # a search stopped by Ctrl-C or SIGTERM: the trials it cut short (Tune marks them TERMINATED
+        # as it stops them) were interrupted, not stopped by ASHA; their runs say so until --resume
+        # continues them
         for trial in trials:
-            if trial.trial_id in self._runs and trial.status not in ("TERMINATED", "ERROR"):
+            if self._interrupted and trial.trial_id in self._runs and not self._ended_before(trial):
                 self._submit(self._entry(trial, "tags", {"tags": {"outcome": INTERRUPTED}}))
                 self._submit(self._entry(trial, "end", {"status": "KILLED"}))
         for _ in range(FINAL_RETRIES):
@@ -267,6 +277,19 @@ class MlflowTrialLogger(tune.Callback):
                 self.journal.append(self._entry(trial, "tags", {"tags": {"outcome": ended}}))
                 self.journal.append(self._entry(trial, "end", {"status": "FAILED" if failed else "FINISHED"}))
         self._drain()
+
+    def _ended_before(self, trial: Any) -> bool:
+        """Whether the trial ended on its own, in this driver or an earlier one (its run, or what
+        the journal still owes it, holds its end)."""
+        if trial.trial_id in self._ended or trial.status == "ERROR":
+            return True
+        if any(e.trial_id == trial.trial_id and e.kind == "end" for e in self.journal.pending()):
+            return True
+        try:
+            tags = self.client.get_run(self._runs[trial.trial_id]).data.tags
+        except unreachable_errors():
+            return False
+        return tags.get("outcome", INTERRUPTED) != INTERRUPTED  # (interrupted before, resumed, cut again)
 
     def _has_outcome(self, trial_id: str) -> bool:
         return "outcome" in self.client.get_run(self._runs[trial_id]).data.tags
