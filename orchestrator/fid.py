@@ -179,7 +179,7 @@ def _folder_images(folder: Path) -> list[Path]:
 def _check_sources(sources: list[tuple[str, str]], args: argparse.Namespace) -> None:
     """What can be known before the network loads and the first image is read: a folder holds at
     least two images that open, statistics fit the network they will meet, and --save-stats is not
-    a source (nor any file that exists: ``_validate``)."""
+    a source, nor any file that exists."""
     needs_network = any(kind != "npz" for _, kind in sources)
     for source, kind in sources:
         if kind == "folder":
@@ -193,6 +193,9 @@ def _check_sources(sources: list[tuple[str, str]], args: argparse.Namespace) -> 
     out = args.save_stats
     if out is not None and any(Path(s).resolve() == out.resolve() for s, _ in sources):
         raise ConfigError(f"--save-stats {args.save_stats}: that is a source of this command; save elsewhere")
+    if out is not None and out.exists():  # statistics computed before are never written over
+        raise ConfigError(f"--save-stats {args.save_stats} already exists: save to a new file, or remove "
+                          "that one first")
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -205,12 +208,9 @@ def _validate(args: argparse.Namespace) -> None:
     if args.save_stats is not None:
         check_writable_folder(args.save_stats.parent, f"--save-stats {args.save_stats}")
         try:
-            exists = args.save_stats.exists()
+            args.save_stats.exists()
         except OSError as err:  # e.g. a file name longer than the file system allows
             raise ConfigError(f"--save-stats {args.save_stats}: {err.strerror or err}") from None
-        if exists:  # statistics computed before are never written over
-            raise ConfigError(f"--save-stats {args.save_stats} already exists: save to a new file, or "
-                              "remove that one first")
 
 
 def _loaded(path: Path, network: _LazyExtractor) -> FeatureStats:
