@@ -14,6 +14,7 @@ from pytorch_fid.fid_score import calculate_frechet_distance
 
 from orchestrator.errors import ConfigError, DataError
 from orchestrator.metrics import fid as fidlib
+from orchestrator.metrics import reference
 from orchestrator.metrics.fid import (
     FeatureStats,
     as_8bit,
@@ -353,12 +354,17 @@ def test_reference_features_one_pass_then_cached(tmp_path) -> None:
     assert reference_stats(images, "toy", 30, net, tmp_path, progress=False).n == 30 and net.seen == 5
 
 
-def test_stats_cache_key_is_unchanged(tmp_path) -> None:
-    """Statistics cached before raw features were added must still be found."""
-    record = {"data": "toy", "n": 30, "extractor": "net", "seed": fidlib.SELECTION_SEED, "version": 1}
+def test_stats_cache_key_holds_what_the_statistics_depend_on(tmp_path, monkeypatch) -> None:
+    """The key is the record plus the selection seed, the version and the feature pass's precision
+    (IEEE fp32): statistics a GPU computed in TF32 before the pass was made fp32 everywhere are not
+    served as fp32 ones."""
+    record = {"data": "toy", "n": 30, "extractor": "net", "seed": fidlib.SELECTION_SEED, "version": 1,
+              "features": "fp32"}
     digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:24]
     assert stats_path(tmp_path, "toy", 30, "net") == tmp_path / "fid_stats" / f"{digest}.npz"
     assert features_path(tmp_path, "toy", 30, "net", 10).name.startswith("features-")
+    monkeypatch.setattr(reference, "FEATURE_PRECISION", "tf32")
+    assert stats_path(tmp_path, "toy", 30, "net") != tmp_path / "fid_stats" / f"{digest}.npz"
 
 
 # --- Inception Score

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 ENV_VAR = "ORCHESTRATOR_FID_WEIGHTS"
 PTH_NAME = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's file name, hash prefix included
 FID_HELPER_FILE = "default_1.pt"
+# the feature pass's arithmetic, part of every statistics cache key: IEEE fp32 convolutions and
+# matmuls on every device, as standard FID is computed (cuDNN would otherwise run them in TF32)
+FEATURE_PRECISION = "fp32"
 NETWORK = "inception-2015-12-05"
 DIMS = 2048
 NUM_CLASSES = 1008  # the TF graph's classifier: 1000 ImageNet classes plus 8 unused
@@ -86,8 +89,8 @@ class InceptionExtractor:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = _to_unit_rgb(images, self.device).contiguous(memory_format=torch.channels_last)
-        # always fp32 (tf32 convolutions where cudnn allows them), even inside a caller's autocast
-        with _no_autocast(self.device):
+        # always IEEE fp32, even inside a caller's autocast and where cuDNN would use TF32
+        with _no_autocast(self.device), exact_fp32():
             pool3 = self.fast(x)[0].flatten(1)
             logits = self.fc(pool3) if self.fc is not None else None
         return pool3, logits
@@ -297,6 +300,35 @@ def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]
     if device.type in ("cuda", "cpu"):
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()
+
+
+_FP32_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def exact_fp32() -> Iterator[None]:
+    """IEEE fp32 convolutions and matmuls for the duration, restored after: cuDNN runs fp32
+    convolutions in TF32 by default (10-bit mantissa), which moves Inception's features by about 1e-3
+    relative, and a user may have allowed reduced precision for matmuls or oneDNN too. Held by one
+    thread at a time: the switches are process-wide."""
+    backends = torch.backends
+    if hasattr(backends, "fp32_precision"):  # torch >= 2.9: one switch per backend and op (mixing
+        # these with the allow_tf32 flags makes torch refuse to read the flags)
+        owners = [getattr(getattr(backends, b, None), op, None)
+                  for b in ("cudnn", "cuda", "mkldnn") for op in ("conv", "matmul")]
+        switches: list[tuple[Any, str, object]] = [
+            (o, "fp32_precision", "ieee") for o in owners if hasattr(o, "fp32_precision")]
+    else:  # older torch: the allow_tf32 flags
+        switches = [(backends.cudnn, "allow_tf32", False), (backends.cuda.matmul, "allow_tf32", False)]
+    with _FP32_LOCK:
+        saved = [(owner, name, getattr(owner, name)) for owner, name, _ in switches]
+        try:
+            for owner, name, value in switches:
+                setattr(owner, name, value)
+            yield
+        finally:
+            for owner, name, value in reversed(saved):
+                setattr(owner, name, value)
 
 
 def _check_device(device: torch.device) -> torch.device:

@@ -28,7 +28,7 @@ from orchestrator.metrics.fid import (
     extract_stats,
     select,
 )
-from orchestrator.metrics.inception import FeatureExtractor
+from orchestrator.metrics.inception import FEATURE_PRECISION, FeatureExtractor
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +140,11 @@ def features_path(cache_dir: Path, data_key: str, n: int, extractor_name: str, k
 
 
 def cache_path(cache_dir: Path, record: dict[str, Any], prefix: str = "") -> Path:
-    """``<cache_dir>/fid_stats/<prefix><hash>.npz``, the hash over ``record`` plus the selection seed
-    and ``STATS_VERSION``: everything a cached file depends on."""
-    full = {**record, "seed": SELECTION_SEED, "version": STATS_VERSION}
+    """``<cache_dir>/fid_stats/<prefix><hash>.npz``, the hash over ``record`` plus the selection seed,
+    ``STATS_VERSION`` and the feature pass's precision: everything a cached file depends on. Not the
+    device: fp32 features on a CPU and a GPU agree to about 1e-6 (tests/test_inception.py checks it on
+    a GPU), so statistics computed on either serve both."""
+    full = {**record, "seed": SELECTION_SEED, "version": STATS_VERSION, "features": FEATURE_PRECISION}
     digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:24]
     return cache_dir / "fid_stats" / f"{prefix}{digest}.npz"
 
