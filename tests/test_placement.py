@@ -78,6 +78,8 @@ def test_evaluation_scores_the_fp32_generator_whatever_the_trial_trains_in() -> 
     images = generate(state, z)
     assert torch.equal(images, fp32)
     assert not torch.equal(images, rounded)  # a bf16 forward would differ: the check can fail
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # called inside a trial's training context
+        assert torch.equal(generate(state, z), fp32)
 
 
 @pytest.mark.parametrize(("native", "asked", "expected"), [
@@ -310,7 +312,11 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 @pytest.mark.gpu
 @needs_cuda
-def test_cuda_auto_precision_trains_and_restores(tmp_path: Path) -> None:
+def test_cuda_auto_precision_trains_and_restores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bit for bit after a restore, with cuDNN told to pick deterministic kernels: by default its
+    convolution backward passes add in an order that changes from run to run."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     placement = place("cuda")
     expected = "bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16"
     assert placement.precision == expected and placement.channels_last and placement.fused
@@ -333,12 +339,17 @@ def test_cuda_auto_precision_trains_and_restores(tmp_path: Path) -> None:
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
 def test_cuda_every_precision_matches_fp32s_first_step(precision: str) -> None:
+    if precision == "bf16" and torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("bf16 needs Ampere or later")
     exact = build_state(_config(), 3, 32, place("cuda", "fp32", channels_last=False), seed=1)
     other = build_state(_config(), 3, 32, place("cuda", precision), seed=1)
-    data = DeviceImages(blob_images(64), "cuda")
-    a = train_step(exact, data)
+    a = train_step(exact, DeviceImages(blob_images(64), "cuda"))
     b = train_step(other, DeviceImages(blob_images(64), "cuda", channels_last=True))
-    assert b.d_loss == pytest.approx(a.d_loss, rel=0.01) and b.g_loss == pytest.approx(a.g_loss, rel=0.01)
-
+    tolerance = {"bf16": 0.03, "fp16": 0.01, "fp32": 0.01}[precision]  # fp32 on cuDNN: TF32 both sides
+    # as the CPU twin above: fp16's first D update overflows at the scaler's initial scale and is
+    # skipped, so its G step meets another D than fp32's: only what comes before that update compares
+    keys = ("d_loss", "d_real", "d_fake") + (("g_loss",) if precision != "fp16" else ())
+    for key in keys:
+        assert getattr(b, key) == pytest.approx(getattr(a, key), rel=tolerance), key
