@@ -115,3 +115,18 @@ def test_a_trial_that_fits_no_node_stops_the_search_with_one_line(
         _wait_for_a_node(fits, wait_s=0)  # returns at once
     finally:
         ray.shutdown()
+
+
+def test_its_own_ray_is_told_the_gpus_torch_sees(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not left to Ray's NVML detection, which a VM or container may not offer although CUDA works:
+    a GPU search there would wait for GPUs Ray does not know of."""
+    from orchestrator.search import runner
+
+    asked: dict[str, object] = {}
+    monkeypatch.setattr(ray, "init", lambda **kwargs: asked.update(kwargs))
+    monkeypatch.setattr(runner, "gpu_count", lambda: 3)
+    monkeypatch.setattr(runner, "_local_ray_cluster", lambda: None)
+    monkeypatch.setattr(runner, "catch_signals", lambda: None)
+    runner._start_ray(make_plan(parse_args(["shapes", "--smoke-test", "--storage", str(tmp_path)])))
+    assert asked == {"address": "local", "include_dashboard": False, "num_cpus": os.cpu_count(),
+                     "num_gpus": 3}

@@ -114,8 +114,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if not args.address and cpus > (os.cpu_count() or 1):  # Tune would wait for it forever
         raise ConfigError(f"--cpus-per-trial {cpus:g}: this machine has {os.cpu_count()} CPUs, so no trial "
                           "could start; lower it, or pass --address of a cluster with larger nodes")
-    if not args.address and gpus > 1 and gpus > _gpu_count():
-        raise ConfigError(f"--gpus-per-trial {gpus:g}: this machine has {_gpu_count()} GPUs, so no trial "
+    if not args.address and gpus > 1 and gpus > gpu_count():
+        raise ConfigError(f"--gpus-per-trial {gpus:g}: this machine has {gpu_count()} GPUs, so no trial "
                           "could start")
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
     if "://" in storage and storage.split("://", 1)[0] not in REMOTE_STORAGE:
@@ -178,7 +178,7 @@ def _default_gpu_share(address: str | None) -> float:
     return 0.25 if address or _cuda_visible() else 0.0
 
 
-def _gpu_count() -> int:
+def gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count()

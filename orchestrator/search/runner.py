@@ -24,7 +24,15 @@ from orchestrator.gan.placement import resolve_device
 from orchestrator.metrics.diversity import real_reference
 from orchestrator.metrics.inception import load_inception
 from orchestrator.metrics.registry import objective
-from orchestrator.search.plan import Plan, git_commit, print_plan, read_state, search_identity, write_state
+from orchestrator.search.plan import (
+    Plan,
+    git_commit,
+    gpu_count,
+    print_plan,
+    read_state,
+    search_identity,
+    write_state,
+)
 from orchestrator.search.reporting import SHEETS_FOLDER
 from orchestrator.search.sheets import milestones
 from orchestrator.search.summary import beside_results, summarise
@@ -180,7 +188,9 @@ def _start_ray(plan: Plan) -> None:
         if running := _local_ray_cluster():
             print(f"ray: a Ray cluster started by `ray start` is running here ({running}); this search "
                   "starts its own. To run on that cluster instead: --address auto")
-        ray.init(address="local", include_dashboard=False, num_cpus=os.cpu_count())
+        # the GPUs torch sees, said rather than left to Ray's own detection (NVML, which a VM or a
+        # container may not expose although CUDA works)
+        ray.init(address="local", include_dashboard=False, num_cpus=os.cpu_count(), num_gpus=gpu_count())
     catch_signals()  # ray.init's own SIGTERM handler dumps a stack and aborts
 
 
