@@ -117,6 +117,13 @@ def report(name: str, device: str | torch.device, lines: Sequence[str], args: ar
         print(f"(appended to {RESULTS})")
 
 
+def target(ok: bool | None, what: str) -> int:
+    """One line for a benchmark's target: PASS, FAIL, or INFO where this device or these sizes cannot
+    judge it. Returns the exit status it asks for: 1 when the target was missed."""
+    print(f"{'INFO' if ok is None else 'PASS' if ok else 'FAIL'} target: {what}", flush=True)
+    return 1 if ok is False else 0
+
+
 def shared_data() -> Path:
     """The sample data folder (../shared/data beside the checkout, or $ORCHESTRATOR_TEST_DATA)."""
     return Path(os.environ.get("ORCHESTRATOR_TEST_DATA", REPO.parent / "shared" / "data"))

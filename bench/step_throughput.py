@@ -6,7 +6,8 @@ trial runs it (``orchestrator.train.train_steps``: statistics read every 16 step
 plain fp32 eager vs the product's fast path (bf16 autocast + channels_last, the default on CUDA),
 and fp16 autocast + channels_last with its loss scalers (the default on GPUs without native bf16),
 at batch 64 and 512; each rate the median of ``--repeats`` timed windows.
-Target (issue 6): the fast path at batch 64 >= 2.5x fp32 eager.
+Target (issue 6): the fast path at batch 64 >= 2.5x fp32 eager on a GPU (exit status 1 and a
+``FAIL target:`` line when missed; on a CPU, or without batch 64, an ``INFO`` line).
 
 Then the loss curves: ``--curve-steps`` steps at batch 64 from one seed, fp32 and fast, each loss
 smoothed by a trailing mean of ``--smooth`` steps; the max and mean relative difference of the
@@ -24,10 +25,11 @@ looks like). Target: fast-vs-fp32 within that noise.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 import torch
-from common import add_common_args, median, rate, report, table, timed
+from common import add_common_args, median, rate, report, table, target, timed
 
 from orchestrator.config import TrialConfig
 from orchestrator.data.dataset import DeviceImages
@@ -95,7 +97,7 @@ def curve_rows(device: torch.device, args: argparse.Namespace) -> list[list[str]
     return rows
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(p)
     p.add_argument("--steps", type=int, default=200, help="steps per timed window")
@@ -114,10 +116,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    rows = []
+    rows, speedups = [], {}
     for batch in (int(b) for b in args.batches.split(",")):
         fp32 = throughput(device, batch, "fp32", args)
         fast = throughput(device, batch, "bf16", args)
+        speedups[batch] = fast / fp32
         half = [rate(h := throughput(device, batch, "fp16", args)), f"{h / fp32:.2f}x"] if not args.no_fp16 \
             else ["skipped (--no-fp16)", ""]
         rows.append([batch, rate(fp32), rate(fast), f"{fast / fp32:.2f}x", *half])
@@ -136,7 +139,12 @@ def main() -> None:
         lines += table(["runs compared", "d_loss max", "d_loss mean", "g_loss max", "g_loss mean"],
                        curve_rows(device, args))
     report("step_throughput", device, lines, args)
+    judged = device.type == "cuda" and 64 in speedups
+    return target(speedups.get(64, 0.0) >= 2.5 if judged else None,
+                  "the fast path at batch 64 >= 2.5x fp32 eager: "
+                  + (f"{speedups[64]:.2f}x" if 64 in speedups else "batch 64 not measured")
+                  + ("" if judged else " (judged on a GPU only)"))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
