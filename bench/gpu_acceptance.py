@@ -76,6 +76,8 @@ params:
   ema_decay: {{choice: [0.0, 0.99]}}
 start:
   - {{lr_g: 2.0e-4, lr_d: 2.0e-4, d_norm: batch, ema_decay: 0.0}}
+health: {{patience: 1000}}  # the failure detectors never fire (a condition must hold 1000 evaluations):
+                            # every trial is to run its whole budget; a NaN still stops one
 """
 
 
@@ -392,6 +394,14 @@ def watch(proc: subprocess.Popen, experiment: Path, sizes: dict[str, Any], deadl
     run.exit_code = proc.returncode
 
 
+def expected_precision(cuda: bool) -> str:
+    """What ``--precision auto`` resolves to on this machine's device: bf16 on a GPU (or CPU) that
+    computes it natively, fp16 on an older GPU, else fp32."""
+    from orchestrator.gan.placement import place
+
+    return place("cuda" if cuda else "cpu").precision
+
+
 def verify(run: Run, experiment: Path, sizes: dict[str, Any], resume_code: int | None, fid_key: str,
            tiny: bool, cuda: bool, before_kill: dict[str, list[dict[str, Any]]]) -> list[Check]:
     evals, every = sizes["max_evals"], sizes["eval_every"]
@@ -446,6 +456,12 @@ def verify(run: Run, experiment: Path, sizes: dict[str, Any], resume_code: int |
                         f"peak {peak} trials with overlapping [started_at, reported_at] (results.csv); "
                         f"at most {run.actors_max} trial actors alive at once"))
     devices = sorted({str(r.get("device")) for rs in histories.values() for r in rs if r.get("device")})
+    precisions = sorted({str(r.get("compute_precision")) for rs in histories.values() for r in rs})
+    expected = expected_precision(cuda)
+    checks.append(Check("trials computed in the precision --precision auto resolves to here",
+                        precisions == [expected],
+                        f"expected {expected} (orchestrator.gan.placement.place); the trials reported "
+                        f"{', '.join(precisions) or 'none'}: a silent fall-back to fp32 would show here"))
     if cuda:
         on_cuda = run.cuda_actors_max >= 2 and all(d.startswith("cuda") for d in devices)
         checks.append(Check("trials computed on cuda, several at once", on_cuda,

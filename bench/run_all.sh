@@ -12,8 +12,8 @@
 # call, e.g. `bash bench/run_all.sh asha`. After each target, RESULTS.md, the ASHA/FIFO plot and this
 # run's log are copied to $OUT when it is set (the device tool brings back what lies there).
 #
-# Found without being set, when staged by ../shared/tools/device-stage: /tmp/site on PYTHONPATH (ray,
-# optuna, mlflow, pytorch-fid wheels), ORCHESTRATOR_FID_WEIGHTS=/tmp/stage/fidw/default_1.pt, and
+# Found without being set, when staged by bench/stage_device.sh (or ../shared/tools/device-stage): /tmp/site
+# on PYTHONPATH (ray, optuna, mlflow, pytorch-fid wheels), ORCHESTRATOR_FID_WEIGHTS (the staged default_1.pt), and
 # DATA_ROOT=/tmp/stage/data (mnist/*.gz and food-101/, as in ../shared/data, the default elsewhere).
 # NOTE, if set, is recorded under every table.
 set -uo pipefail
@@ -21,8 +21,10 @@ cd "$(dirname "$0")/.."
 
 [[ -d /tmp/site ]] && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-if [[ -z ${ORCHESTRATOR_FID_WEIGHTS:-} && -f /tmp/stage/fidw/default_1.pt ]]; then
-  export ORCHESTRATOR_FID_WEIGHTS=/tmp/stage/fidw/default_1.pt
+if [[ -z ${ORCHESTRATOR_FID_WEIGHTS:-} ]]; then  # staged by bench/stage_device.sh, or by device-stage fidw
+  for f in /tmp/stage/accept/gpu-stage/default_1.pt /tmp/stage/fidw/default_1.pt; do
+    [[ -f $f ]] && { export ORCHESTRATOR_FID_WEIGHTS=$f; break; }
+  done
 fi
 data=${DATA_ROOT:-}
 [[ -z $data && -d /tmp/stage/data ]] && data=/tmp/stage/data
