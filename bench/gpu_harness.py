@@ -32,6 +32,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
@@ -339,9 +340,8 @@ def main() -> int:
         print("gpu_acceptance: torch sees no CUDA device; this is the device run (on a CPU: --tiny)",
               file=sys.stderr)
         return 2
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    work = Path(os.environ.get("TMPDIR", "/tmp")) / f"gpu-acceptance-{stamp}-{os.getpid()}"
-    work.mkdir(parents=True)
+    # under /tmp, not $TMPDIR: Ray's socket paths inside it must stay under 108 bytes
+    work = Path(tempfile.mkdtemp(prefix=f"gpu-acceptance-{time.strftime('%Y%m%d-%H%M%S')}-", dir="/tmp"))
     os.environ["ORCHESTRATOR_CACHE"] = str(work / "cache")  # a fresh cache, as a first search has
     out = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
     return run(args.tiny, budget, work, out, os.environ.get("NOTE", ""))

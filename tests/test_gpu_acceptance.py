@@ -189,7 +189,6 @@ def test_tiny_run_passes_every_part(tmp_path: Path) -> None:
     nothing recorded."""
     results = (REPO / "bench" / "RESULTS.md").read_text()
     env = {k: v for k, v in os.environ.items() if k not in ("OUT", "BUDGET_S", "NOTE")}
-    env["TMPDIR"] = str(tmp_path)
     done = subprocess.run(["bash", str(SCRIPT), "--tiny"], capture_output=True, text=True, timeout=2400,
                           env=env, cwd=tmp_path)
     out = done.stdout
