@@ -39,6 +39,9 @@ def holder_record(command: str) -> dict[str, Any]:
 
 
 def refusal(folder: str, held: dict[str, Any]) -> ConfigError:
+    if not held:  # the lease vanished between our write and our read: someone else is at work there
+        return ConfigError(f"the search in {folder} was started by another driver at the same moment; "
+                           "wait for it to end, or run --resume once it has")
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(held.get("since", 0))))
     who = f"process {held.get('pid', '?')} on {held.get('host', '?')} since {since}"
     return ConfigError(f"the search in {folder} is being run by another driver ({who}: "
@@ -131,9 +134,14 @@ class Lease:
                 self._write()
 
     def _write(self) -> None:
+        """Whole or not at all: written beside, then moved over the lease. Two drivers writing the
+        lease file itself at the same moment could interleave into a record neither can read, and
+        both would then refuse (an object store's PUT is whole anyway; a local or NFS file is not)."""
         self.record["heartbeat"] = time.time()
-        with self.fs.open_output_stream(self.path) as out:
+        beside = f"{self.path}.{self.record['token']}"
+        with self.fs.open_output_stream(beside) as out:
             out.write(json.dumps(self.record).encode())
+        self.fs.move(beside, self.path)
 
     def _read(self) -> dict[str, Any]:
         try:

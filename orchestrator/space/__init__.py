@@ -1,0 +1,1 @@
+"""The search-space file: its format (schema), validation, and sampling with Optuna."""

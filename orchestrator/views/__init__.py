@@ -1,0 +1,1 @@
+"""What a person reads: plots, contact sheets, quality against cost, the report page."""
