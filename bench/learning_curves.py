@@ -7,7 +7,7 @@ per trial, evaluations per trial; on a machine without a GPU, the space's CPU bu
 says what the search's own trials learn. The design: the space's start points, then ``--configs``
 configurations drawn at random from the space (seeded); the first ``--seeded`` of them are also
 trained with ``--seeds - 1`` further seeds, so the table holds the seed-to-seed noise. Each run goes
-through ``orchestrator.gan.trial.TrialRunner`` (the trainable's own loop) for at most the plan's
+through ``orchestrator.trial.TrialRunner`` (the trainable's own loop) for at most the plan's
 evaluations, stopped where a trial would be (a failure detector, a diverged loss), in
 ``max_concurrent`` worker processes of the plan's threads each.
 
@@ -124,10 +124,10 @@ def train_run(plan: Plan, run: Run, done: int, table_path: str, work: str, threa
 
     from orchestrator.data import dataset as datasets
     from orchestrator.errors import TrainingDiverged
-    from orchestrator.gan.trial import TrialRunner
     from orchestrator.metrics.diversity import real_reference
     from orchestrator.metrics.health import DIVERGED
     from orchestrator.metrics.inception import load_inception
+    from orchestrator.trial import TrialRunner
 
     torch.set_num_threads(threads)
     parent = os.getppid()

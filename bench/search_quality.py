@@ -35,7 +35,7 @@ from asha_vs_fifo import evaluations, reached, sample_configs, write_space
 from common import BENCH, add_common_args, on_cuda, report, run_search, table
 
 from orchestrator.metrics.registry import objective
-from orchestrator.search.space import load_space, space_path
+from orchestrator.space.sampling import load_space, space_path
 
 ARMS = ("tpe_asha", "random_asha", "tpe_fifo")
 

@@ -6,7 +6,7 @@ search still running or interrupted reports too) or an MLflow experiment name or
 (``--out PREFIX``; by default ``report.csv``/``report.html`` in the experiment folder, or
 ``report-NAME.*`` here for an MLflow experiment). Failed trials come last: they never win. The
 HTML page holds its pictures (each trial's latest samples, quality against cost with its Pareto
-front, the search's plots and last contact sheet) and opens as a file; ``search/reporting.py``
+front, the search's plots and last contact sheet) and opens as a file; ``views/report_page.py``
 draws it.
 """
 
@@ -27,9 +27,16 @@ from orchestrator.atomic import check_writable_folder
 from orchestrator.cli import UsageParser, path_arg, run_main
 from orchestrator.errors import ConfigError, first_line
 from orchestrator.metrics.registry import Objective, objective_named
-from orchestrator.search.reporting import NUMBER, Trials, pick_figures, pictures_beside, write_report
-from orchestrator.search.tracking.store import read_pictures, read_search, tracking_uri
-from orchestrator.search.tradeoff import describe_pick
+from orchestrator.tracking.store import read_pictures, read_search, tracking_uri
+from orchestrator.views.report_page import (
+    NUMBER,
+    Trials,
+    pick_figures,
+    pictures_beside,
+    results_table,
+    write_report,
+)
+from orchestrator.views.tradeoff import describe_pick
 
 
 def build_parser() -> UsageParser:
@@ -74,7 +81,6 @@ def from_tune(folder: Path) -> Trials:
         raise ConfigError(f"{folder}: not a Tune experiment folder (no experiment_state-*.json)")
     from ray.tune import ExperimentAnalysis, ResultGrid
 
-    from orchestrator.search.summary import results_table
 
     try:
         analysis = ExperimentAnalysis(str(folder.resolve()))  # pyarrow reads a relative path as a URI

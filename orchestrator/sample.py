@@ -27,8 +27,8 @@ from orchestrator.cli import MAX_SAMPLES, UsageParser, path_arg, run_main, sampl
 from orchestrator.errors import ConfigError
 from orchestrator.gan.checkpoints import load_generator
 from orchestrator.images import grid_image, save_png, to_image
-from orchestrator.search.tracking.models import load_logged_generator
-from orchestrator.search.tracking.store import tracking_uri
+from orchestrator.tracking.models import load_logged_generator
+from orchestrator.tracking.store import tracking_uri
 
 log = logging.getLogger(__name__)
 

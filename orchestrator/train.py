@@ -36,11 +36,11 @@ from orchestrator.data import sources
 from orchestrator.errors import ConfigError, TrainingDiverged
 from orchestrator.gan.checkpoints import GENERATOR_FILE, GRID_FILE, STATE_FILE, TRIAL_FILE
 from orchestrator.gan.placement import place, resolve_device
-from orchestrator.gan.trial import TrialRunner, format_report
 from orchestrator.images import save_png
 from orchestrator.metrics.diversity import real_reference
 from orchestrator.metrics.inception import load_inception
-from orchestrator.search.space import load_space, space_path
+from orchestrator.space.sampling import load_space, space_path
+from orchestrator.trial import TrialRunner, format_report
 
 log = logging.getLogger("orchestrator.train")
 

@@ -17,7 +17,7 @@ from orchestrator.gan.placement import place
 from orchestrator.search.cli import main
 from orchestrator.search.cli import parse_args as search_args
 from orchestrator.search.plan import make_plan
-from orchestrator.search.space import space_path
+from orchestrator.space.sampling import space_path
 
 # read with plain YAML, not the parser under test
 CPU = yaml.safe_load(space_path("shapes").read_text())["cpu"]

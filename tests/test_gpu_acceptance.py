@@ -160,7 +160,7 @@ def test_the_acceptance_space_keeps_every_trial_running(tmp_path: Path) -> None:
     import gpu_acceptance
 
     from orchestrator.metrics.health import check
-    from orchestrator.search.space import load_space
+    from orchestrator.space.sampling import load_space
 
     path = tmp_path / "space.yaml"
     path.write_text(gpu_acceptance.SPACE.format(**gpu_acceptance.SIZES[True]))

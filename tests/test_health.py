@@ -17,7 +17,7 @@ from orchestrator.metrics.health import (
     HealthConfig,
     check,
 )
-from orchestrator.search.space import load_space
+from orchestrator.space.sampling import load_space
 
 CFG = HealthConfig()
 # a real DCGAN run at lr 2e-4 on shapes (CPU, batch 64): D ahead but not winning

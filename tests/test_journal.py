@@ -16,10 +16,10 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from orchestrator.search.tracking import trial_logger
-from orchestrator.search.tracking.journal import Entry, Journal
-from orchestrator.search.tracking.store import default_tracking_uri, ensure_experiment, start_parent_run
-from orchestrator.search.tracking.trial_logger import MlflowTrialLogger
+from orchestrator.tracking import trial_logger
+from orchestrator.tracking.journal import Entry, Journal
+from orchestrator.tracking.store import default_tracking_uri, ensure_experiment, start_parent_run
+from orchestrator.tracking.trial_logger import MlflowTrialLogger
 
 
 def test_entries_come_back_in_order_with_their_blobs_and_survive_a_reopen(tmp_path: Path) -> None:

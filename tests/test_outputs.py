@@ -15,7 +15,7 @@ import pytest
 from orchestrator.atomic import check_writable_folder
 from orchestrator.errors import ConfigError
 from orchestrator.search.cli import cli_main
-from orchestrator.search.tracking.store import check_store, check_tracking_server
+from orchestrator.tracking.store import check_store, check_tracking_server
 
 
 def test_a_writable_folder_may_not_exist_yet(tmp_path: Path) -> None:
@@ -185,7 +185,7 @@ def test_a_database_that_does_not_answer_is_one_line_before_any_work(
 
 
 def test_a_database_that_answers_passes(postgres) -> None:  # type: ignore[no-untyped-def]
-    from orchestrator.search.tracking.store import check_database, check_tracking_server
+    from orchestrator.tracking.store import check_database, check_tracking_server
 
     url = postgres.database("answers")
     check_database(url, "--study-storage")

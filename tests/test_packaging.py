@@ -24,7 +24,7 @@ def test_a_wheel_carries_the_built_in_search_spaces(tmp_path: Path) -> None:
     wheel = next((tmp_path / "dist").glob("orchestrator-*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
                     str(tmp_path / "site"), str(wheel)], check=True, capture_output=True)
-    probe = ("import orchestrator.search.space as s; "
+    probe = ("import orchestrator.space.sampling as s; "
              "print(s.space_path('food101')); print(s.load_space(s.space_path('shapes')).resolution)")
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
                           env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"})

@@ -29,8 +29,8 @@ from orchestrator.gan.step import (
     train_step,
     train_steps,
 )
-from orchestrator.gan.trial import TrialRunner
 from orchestrator.metrics.fid import FeatureStats
+from orchestrator.trial import TrialRunner
 
 CHANNELS_LAST = torch.channels_last
 

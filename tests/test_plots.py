@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from PIL import Image
 
-from orchestrator.search import plots
+from orchestrator.views import plots
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -13,7 +13,7 @@ import pandas as pd
 from PIL import Image
 
 from orchestrator.metrics.registry import objective
-from orchestrator.search.reporting import Trials, pick_figures, write_report
+from orchestrator.views.report_page import Trials, pick_figures, write_report
 
 
 def _png() -> bytes:

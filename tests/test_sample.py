@@ -21,7 +21,7 @@ from orchestrator.config import TrialConfig
 from orchestrator.gan.checkpoints import load_generator
 from orchestrator.gan.models import Generator
 from orchestrator.sample import main
-from orchestrator.search.tracking.models import MODEL_TAG, RUN_MODEL_TAG, tracking_uri_set
+from orchestrator.tracking.models import MODEL_TAG, RUN_MODEL_TAG, tracking_uri_set
 
 REPO = Path(__file__).resolve().parents[1]
 FID = "fid128"  # the smoke test's FID

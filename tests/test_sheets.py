@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from ray.tune.schedulers.async_hyperband import _Bracket
 
-from orchestrator.search import sheets
+from orchestrator.views import sheets
 
 
 def _png(shade: int) -> bytes:
@@ -93,8 +93,8 @@ def test_the_callback_redraws_as_results_arrive_and_logs_on_the_parent_run(tmp_p
     from mlflow import MlflowClient
     from ray.tune import Checkpoint
 
-    from orchestrator.search.tracking.sheet_logger import ContactSheetLogger
-    from orchestrator.search.tracking.store import default_tracking_uri, ensure_experiment, start_parent_run
+    from orchestrator.search.sheet_logger import ContactSheetLogger
+    from orchestrator.tracking.store import default_tracking_uri, ensure_experiment, start_parent_run
 
     uri = default_tracking_uri(tmp_path)
     client = MlflowClient(uri)

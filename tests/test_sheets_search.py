@@ -11,8 +11,8 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from orchestrator.search.sheets import milestones
-from orchestrator.search.tracking.store import EXPERIMENT_KIND_TAG
+from orchestrator.tracking.store import EXPERIMENT_KIND_TAG
+from orchestrator.views.sheets import milestones
 
 pytestmark = pytest.mark.integration  # whole searches: deselected by a plain `pytest`
 

@@ -16,7 +16,7 @@ import yaml
 
 from orchestrator.config import TrialConfig
 from orchestrator.errors import SearchSpaceError
-from orchestrator.search.space import (
+from orchestrator.space.sampling import (
     SPACES_DIR,
     Param,
     SearchSpace,

@@ -9,7 +9,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from orchestrator.search.space import load_space, space_path
+from orchestrator.space.sampling import load_space, space_path
 
 FID = "fid128"  # the smoke test's FID: 128 images
 

@@ -1,4 +1,4 @@
-"""``orchestrator.search.tracking`` on its own: what one result makes the trial logger write to a real sqlite
+"""``orchestrator.tracking`` on its own: what one result makes the trial logger write to a real sqlite
 MLflow store, and that importing the store loads neither Ray nor MLflow."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from orchestrator.search.tracking.store import default_tracking_uri, ensure_experiment, start_parent_run
-from orchestrator.search.tracking.trial_logger import MlflowTrialLogger
+from orchestrator.tracking.store import default_tracking_uri, ensure_experiment, start_parent_run
+from orchestrator.tracking.trial_logger import MlflowTrialLogger
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ def test_first_result_creates_the_run_dated_from_the_trial_start(tmp_path: Path)
 def test_store_and_the_commands_that_read_it_load_neither_ray_nor_mlflow() -> None:
     """``report`` and ``sample`` answer ``--help`` and bad input without loading MLflow: the store
     imports it where it is used, and Ray never."""
-    probe = ("import sys, orchestrator.search.tracking.store, orchestrator.search.tracking.models, "
+    probe = ("import sys, orchestrator.tracking.store, orchestrator.tracking.models, "
              "orchestrator.report, orchestrator.sample; print(sorted({'ray', 'mlflow'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr

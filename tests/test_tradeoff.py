@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from orchestrator.search import tradeoff
+from orchestrator.views import tradeoff
 
 FID, COST = "best_fid128", "cpu_seconds"
 

@@ -65,7 +65,7 @@ def test_train_defaults_are_the_searchs(tmp_path: Path) -> None:
     """One place turns flags into RunSettings: left out, train scores a trial as a search would."""
     from orchestrator.search.cli import parse_args as search_args
     from orchestrator.search.plan import make_plan
-    from orchestrator.search.space import space_path
+    from orchestrator.space.sampling import space_path
     from orchestrator.train import _settings, parse_args
 
     searched = make_plan(search_args(["shapes", "--gpus-per-trial", "0"])).settings

@@ -230,7 +230,7 @@ def test_a_failure_verdict_stops_the_trial_with_its_evidence(
     make: Make, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     verdict = Verdict(DISCRIMINATOR_WINS, "d_loss", {"d_fake": 0.001, "d_loss": 0.002})
-    monkeypatch.setattr("orchestrator.gan.trial.check", lambda history, loss, config: verdict)
+    monkeypatch.setattr("orchestrator.trial.check", lambda history, loss, config: verdict)
     result = make().train()
     assert result["done"] is True and result["diverged"] == 0
     assert (result["failure_mode"], result["evidence"]) == (DISCRIMINATOR_WINS, verdict.evidence)

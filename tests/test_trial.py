@@ -17,9 +17,9 @@ from orchestrator.config import RunSettings, TrialConfig
 from orchestrator.data.dataset import CachedDataset
 from orchestrator.errors import TrainingDiverged
 from orchestrator.gan.step import generate, train_steps
-from orchestrator.gan.trial import GRID_SIZE, TrialRunner, format_report
 from orchestrator.metrics.fid import FeatureStats
 from orchestrator.metrics.registry import objective
+from orchestrator.trial import GRID_SIZE, TrialRunner, format_report
 
 N_IMAGES = 64
 SETTINGS = RunSettings(dataset="folder:blobs", fid_n=40, eval_every=3, device="cpu", precision="fp32")

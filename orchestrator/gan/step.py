@@ -8,7 +8,7 @@ channels_last where it has bf16 instructions and fp32 elsewhere; fused optimiser
 has them. The step itself has no device branch: the CPU tests run it in
 every precision and memory format a GPU uses.
 
-``python -m orchestrator.train DATASET`` trains one trial without Ray (see ``orchestrator.gan.trial``).
+``python -m orchestrator.train DATASET`` trains one trial without Ray (see ``orchestrator.trial``).
 """
 
 from __future__ import annotations

@@ -1,3 +1,3 @@
-"""The search: its plan (every check, Ray-free), the space file and its schema, the Tune trainable,
-the runner, the search's pictures, and ``tracking/``: everything MLflow.
+"""The search driver: its plan (every check, Ray-free), the runner, the Tune trainable, ASHA that
+survives ``--resume``, the contact-sheet callback, the one-driver lock and the summary.
 ``python -m orchestrator.search`` is ``__main__.py``."""

@@ -37,7 +37,7 @@ from orchestrator.search.plan import (
     make_plan,
     print_plan,
 )
-from orchestrator.search.tracking.store import check_database, check_tracking_server
+from orchestrator.tracking.store import check_database, check_tracking_server
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -12,8 +12,8 @@ from typing import Any
 from orchestrator.errors import first_line
 from orchestrator.gan.checkpoints import load_generator
 from orchestrator.metrics.registry import Objective
-from orchestrator.search.tracking.models import log_model, tag_model
-from orchestrator.search.tracking.store import unreachable_errors
+from orchestrator.tracking.models import log_model, tag_model
+from orchestrator.tracking.store import unreachable_errors
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from orchestrator.config import CPU_BUDGET, MAX_COUNT, RunSettings
 from orchestrator.errors import ConfigError, first_line
 from orchestrator.gan.placement import place
 from orchestrator.search.lock import LOCK_FILE
-from orchestrator.search.space import SearchSpace, describe, load_space, space_path, startup_trials
-from orchestrator.search.tracking.store import ARTIFACTS_FOLDER, STORE_FILE, check_store
+from orchestrator.space.sampling import SearchSpace, describe, load_space, space_path, startup_trials
+from orchestrator.tracking.store import ARTIFACTS_FOLDER, STORE_FILE, check_store
 
 log = logging.getLogger("orchestrator.search")
 

@@ -1,5 +1,5 @@
 """Builds and runs the Tuner for a validated ``Plan``, then summarises (``summary.py``): the half of
-the search that imports Ray and (through ``orchestrator.search.tracking``) MLflow, kept apart so
+the search that imports Ray and (through ``orchestrator.tracking``) MLflow, kept apart so
 ``--dry-run`` and bad input answer at once."""
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from orchestrator.search.plan import (
     search_identity,
     write_state,
 )
-from orchestrator.search.reporting import SHEETS_FOLDER
-from orchestrator.search.sheets import milestones
 from orchestrator.search.summary import beside_results, summarise
-from orchestrator.search.tracking import store
+from orchestrator.tracking import store
+from orchestrator.views.report_page import SHEETS_FOLDER
+from orchestrator.views.sheets import milestones
 
 log = logging.getLogger("orchestrator.search")
 TIMINGS_FILE = "timings.json"  # the driver's phases, seconds each
@@ -105,8 +105,8 @@ def run_search(plan: Plan) -> int:
     import ray
     from ray import tune
 
-    from orchestrator.search.tracking.sheet_logger import ContactSheetLogger
-    from orchestrator.search.tracking.trial_logger import MlflowTrialLogger
+    from orchestrator.search.sheet_logger import ContactSheetLogger
+    from orchestrator.tracking.trial_logger import MlflowTrialLogger
 
     weights, spec = plan.fid_weights, datasets.spec_for(plan.settings)
     clock = Clock()
@@ -324,7 +324,7 @@ def _tune_config(plan: Plan) -> Any:
     from ray.tune.search import ConcurrencyLimiter
 
     from orchestrator.search.scheduler import ResumableASHA
-    from orchestrator.search.space import make_searcher
+    from orchestrator.space.sampling import make_searcher
 
     # ASHA ranks a trial on its best FID so far: GAN FID is not monotone, and the checkpoint kept for
     # a trial is its best, so that is the generator the trial would hand over if stopped now

@@ -1,4 +1,4 @@
-"""The Tune callback that keeps the search's contact sheets (``search/sheets.py``) as it runs: a frame
+"""The Tune callback that keeps the search's contact sheets (``views/sheets.py``) as it runs: a frame
 per trial and evaluation from the grid its checkpoint already holds (no second pass over the GPUs),
 the trial's outcome when it ends, and the sheets redrawn at most every ``refresh_s`` seconds and at
 the end, written beside the results and logged on the search's parent run.
@@ -16,9 +16,9 @@ from ray import tune
 
 from orchestrator.metrics.health import FAILED, outcome
 from orchestrator.metrics.registry import GROUND_TRUTH
-from orchestrator.search import sheets
-from orchestrator.search.tracking.store import unreachable_errors
-from orchestrator.search.tracking.trial_logger import read_checkpoint_file, read_checkpoint_json
+from orchestrator.tracking.store import unreachable_errors
+from orchestrator.tracking.trial_logger import read_checkpoint_file, read_checkpoint_json
+from orchestrator.views import sheets
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator.metrics.health import FAILED, outcome
-from orchestrator.metrics.registry import GROUND_TRUTH, Objective, objective
+from orchestrator.metrics.health import FAILED
+from orchestrator.metrics.registry import objective
 from orchestrator.search.plan import SMOKE_NOTE, Plan
-from orchestrator.search.reporting import PLOTS_FOLDER
-from orchestrator.search.schema import walk_params
-from orchestrator.search.tracking import store
+from orchestrator.space.schema import walk_params
+from orchestrator.tracking import store
+from orchestrator.views.report_page import PLOTS_FOLDER, results_table
 
 
 def beside_results(plan: Plan) -> Path:
@@ -23,48 +23,6 @@ def beside_results(plan: Plan) -> Path:
     results are remote (s3://...)."""
     return Path(plan.experiment_dir) if "://" not in plan.storage else Path.cwd()
 
-
-
-def results_table(results: Any, goal: Objective, max_evals: int) -> pd.DataFrame:
-    """One row per trial: outcome, the best and last value of ``goal`` (FID at its N), evaluations,
-    compute, hyperparameters; best first. ``max_evals`` tells a completed trial from one stopped
-    early."""
-    key = goal.key
-    rows = []
-    for result in results:
-        history = result.metrics_dataframe
-        fids = history[key] if history is not None and key in history else pd.Series(dtype=float)
-        at_best = _at_best(history, fids, goal)
-        last = result.metrics or {}
-        evals = int(last.get("training_iteration", 0))
-        mode = last.get("failure_mode") or ("error" if result.error else "")
-        rows.append({
-            "trial_id": last.get("trial_id", ""), "outcome": outcome(bool(mode), evals, max_evals),
-            "failure_mode": mode,
-            f"best_{key}": goal.best(fids),
-            f"last_{key}": float(fids.iloc[-1]) if len(fids) else goal.worst,
-            **at_best,
-            "evals": evals, "steps": int(last.get("step", 0)),
-            "seconds": float(last.get("time_total_s", 0.0)),
-            "started": float(last.get("started_at", math.nan)),
-            "ended": float(last.get("reported_at", math.nan)),
-            "failure": last.get("failure", "") or (str(result.error).splitlines()[0] if result.error else ""),
-            **{f"config/{k}": v for k, v in (result.config or {}).items()},
-            "path": result.path,
-        })
-    table = pd.DataFrame(rows).sort_values(f"best_{key}", ascending=goal.mode == "min", kind="stable")
-    return table.reset_index(drop=True)
-
-
-def _at_best(history: pd.DataFrame | None, fids: pd.Series, goal: Objective) -> dict[str, float]:
-    """The ground-truth metrics (``GROUND_TRUTH``) of the evaluation with the best FID: the
-    checkpoint a trial hands over. Empty where the dataset reports none."""
-    keys = [k for k in GROUND_TRUTH if history is not None and k in history]
-    finite = fids[fids.apply(math.isfinite)]
-    if history is None or not keys or finite.empty:
-        return {}
-    best = finite.idxmin() if goal.mode == "min" else finite.idxmax()
-    return {k: float(history.loc[best, k]) for k in keys}
 
 
 def summarise(plan: Plan, results: Any, client: Any, state: dict[str, Any], wall: float) -> int:
@@ -134,7 +92,7 @@ def _study(plan: Plan, table: pd.DataFrame) -> Any:
     lived in memory (remote results without --study-storage)."""
     import optuna
 
-    from orchestrator.search import plots
+    from orchestrator.views import plots
 
     goal = objective(plan.settings.fid_n)
     if plan.study_storage is None:
@@ -149,7 +107,7 @@ def _study(plan: Plan, table: pd.DataFrame) -> Any:
 def _log_search_plots(plan: Plan, results: Any, table: pd.DataFrame, client: Any, parent: str) -> None:
     """FID over time for every trial, Optuna's parameter importance and the best trials' parallel
     coordinates, on the parent run."""
-    from orchestrator.search import plots
+    from orchestrator.views import plots
 
     key = objective(plan.settings.fid_n).key
     histories = {
@@ -172,16 +130,16 @@ def _write_report(plan: Plan, table: pd.DataFrame, client: Any, parent: str) -> 
     """``report.html`` (and ``.csv``) beside the results, as ``python -m orchestrator.report`` writes
     it; the quality-against-cost plot on the parent run; the summary's line on the cheapest trial
     near the best."""
-    from orchestrator.search import reporting
-    from orchestrator.search.tradeoff import describe_pick
+    from orchestrator.views import report_page
+    from orchestrator.views.tradeoff import describe_pick
 
     goal, here = objective(plan.settings.fid_n), beside_results(plan)
     gpu = plan.resources["gpu"]
-    trials = reporting.Trials(table, goal, "GPU" if gpu else "CPU", gpu or plan.resources["cpu"], plan.name,
-                              *reporting.pictures_beside(here))
+    trials = report_page.Trials(table, goal, "GPU" if gpu else "CPU", gpu or plan.resources["cpu"], plan.name,
+                                *report_page.pictures_beside(here))
     prefix = here / "report"
-    shown = reporting.write_report(trials, prefix)
-    store.log_file(client, parent, prefix.with_name(f"report-{reporting.QUALITY_VS_COST}"), PLOTS_FOLDER)
+    shown = report_page.write_report(trials, prefix)
+    store.log_file(client, parent, prefix.with_name(f"report-{report_page.QUALITY_VS_COST}"), PLOTS_FOLDER)
     store.log_file(client, parent, prefix.with_suffix(".html"))
     pick = describe_pick(shown.assign(outcome=shown["outcome"].str.split(" ").str[0]),
                          f"best_{goal.key}", trials.cost, trials.unit, goal.mode)

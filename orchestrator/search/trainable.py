@@ -32,13 +32,13 @@ from orchestrator.gan.checkpoints import (
     save_generator,
 )
 from orchestrator.gan.placement import place, trial_device
-from orchestrator.gan.trial import TrialRunner, device_images
 from orchestrator.images import save_png
 from orchestrator.metrics.diversity import RealReference
 from orchestrator.metrics.fid import FeatureStats
 from orchestrator.metrics.health import DIVERGED, Verdict
 from orchestrator.metrics.inception import load_inception
-from orchestrator.search.plots import loss_curves, metric_curves
+from orchestrator.trial import TrialRunner, device_images
+from orchestrator.views.plots import loss_curves, metric_curves
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ A file holds a resolution, an ASHA budget, constants (``fixed``), sampled keys (
 closed vocabulary: choice / uniform / loguniform / int, with ``when`` branches under a choice)
 and starting points. Every mistake is a one-line ``SearchSpaceError`` naming the file, the key
 and the value; ``search_spaces/shapes.yaml`` is the commented reference for the format, and
-``orchestrator/search/schema.py`` parses and checks it. This module samples the checked space.
+``orchestrator/space/schema.py`` parses and checks it. This module samples the checked space.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import optuna
 import orchestrator
 from orchestrator.config import HealthConfig, TrialConfig
 from orchestrator.errors import ConfigError, SearchSpaceError, did_you_mean
-from orchestrator.search.schema import (
+from orchestrator.space.schema import (
     Budget,
     Param,
     active_params,

@@ -1,2 +1,2 @@
 """Everything MLflow: the store, the search's parent run and its trial runs, reading them back, and
-the logged models. Imports nothing here, so ``import orchestrator.search.tracking.store`` stays cheap."""
+the logged models. Imports nothing here, so ``import orchestrator.tracking.store`` stays cheap."""

@@ -19,7 +19,7 @@ import torch
 from orchestrator.errors import ConfigError, first_line
 from orchestrator.gan.checkpoints import GENERATOR_FILE, ImageModel, load_generator
 from orchestrator.gan.step import fixed_latents
-from orchestrator.search.tracking.store import CHECKPOINT_FOLDER, connect
+from orchestrator.tracking.store import CHECKPOINT_FOLDER, connect
 
 MODEL_PATH = "model"  # the logged model's artifact path on the best trial's run
 MODEL_TAG = "best_model_uri"  # on the parent run: where the best generator is

@@ -201,7 +201,7 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
                       metric: str | None = None) -> str:
     """The experiment ``name``, created where missing, tagged as model training whose runs are
     looked at sorted on ``metric`` (lowest first; ``ui_app`` reads it)."""
-    from orchestrator.search.tracking.ui_app import ORDER_TAG, order_tag
+    from orchestrator.tracking.ui_app import ORDER_TAG, order_tag
 
     # MLflow versions that read the kind choose the runs layout, not the GenAI trace overview
     tags = {EXPERIMENT_KIND_TAG: "custom_model_development",
@@ -361,7 +361,7 @@ def _row(client: MlflowClient, run: Any, key: str) -> dict[str, Any]:
 
 def _at_best(client: MlflowClient, run: Any, fids: list[Any]) -> dict[str, float]:
     """The ground-truth metrics (shapes: mode coverage, decodable) at the step of the best FID,
-    as ``summary.results_table`` takes them from Tune's history."""
+    as ``views.report_page.results_table`` takes them from Tune's history."""
     from orchestrator.metrics.registry import GROUND_TRUTH
 
     keys = [k for k in GROUND_TRUTH if k in run.data.metrics]

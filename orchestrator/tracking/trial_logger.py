@@ -28,8 +28,8 @@ from ray import tune
 
 from orchestrator.config import TrialConfig
 from orchestrator.metrics.health import FAILED, INTERRUPTED, outcome
-from orchestrator.search.tracking.journal import Entry, Journal
-from orchestrator.search.tracking.store import (
+from orchestrator.tracking.journal import Entry, Journal
+from orchestrator.tracking.store import (
     CHECKPOINT_FOLDER,
     IMAGE_KEY,
     PARENT_TAG,
@@ -322,7 +322,7 @@ def result_data(result: Mapping[str, Any], started: float | None) -> dict[str, A
 
 def image_steps(client: MlflowClient, run_id: str) -> list[int]:
     """The steps of the sample grids a run holds."""
-    from orchestrator.search.tracking.store import image_step
+    from orchestrator.tracking.store import image_step
 
     return [image_step(a.path) for a in client.list_artifacts(run_id, "images")]
 

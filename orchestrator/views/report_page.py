@@ -15,18 +15,19 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from orchestrator.atomic import atomic_write
-from orchestrator.metrics.health import FAILED
+from orchestrator.metrics.health import FAILED, outcome
 from orchestrator.metrics.registry import GROUND_TRUTH, Objective
-from orchestrator.search import sheets, tradeoff
+from orchestrator.views import sheets, tradeoff
 
 NUMBER = "{:.4g}".format
 QUALITY_VS_COST = "quality_vs_cost.png"
-SHEETS_FOLDER = "contact_sheets"  # beside a search's results.csv: search/sheets.py's frames and sheets
+SHEETS_FOLDER = "contact_sheets"  # beside a search's results.csv: views/sheets.py's frames and sheets
 PLOTS_FOLDER = "plots"  # beside a search's results.csv: its plots, as logged on its parent run
 
 
@@ -169,3 +170,45 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"<td>{NUMBER(value) if not math.isnan(value) else ''}</td>"
     return f'<td class="text">{html.escape(str(value))}</td>'
+
+
+def results_table(results: Any, goal: Objective, max_evals: int) -> pd.DataFrame:
+    """One row per trial: outcome, the best and last value of ``goal`` (FID at its N), evaluations,
+    compute, hyperparameters; best first. ``max_evals`` tells a completed trial from one stopped
+    early."""
+    key = goal.key
+    rows = []
+    for result in results:
+        history = result.metrics_dataframe
+        fids = history[key] if history is not None and key in history else pd.Series(dtype=float)
+        at_best = _at_best(history, fids, goal)
+        last = result.metrics or {}
+        evals = int(last.get("training_iteration", 0))
+        mode = last.get("failure_mode") or ("error" if result.error else "")
+        rows.append({
+            "trial_id": last.get("trial_id", ""), "outcome": outcome(bool(mode), evals, max_evals),
+            "failure_mode": mode,
+            f"best_{key}": goal.best(fids),
+            f"last_{key}": float(fids.iloc[-1]) if len(fids) else goal.worst,
+            **at_best,
+            "evals": evals, "steps": int(last.get("step", 0)),
+            "seconds": float(last.get("time_total_s", 0.0)),
+            "started": float(last.get("started_at", math.nan)),
+            "ended": float(last.get("reported_at", math.nan)),
+            "failure": last.get("failure", "") or (str(result.error).splitlines()[0] if result.error else ""),
+            **{f"config/{k}": v for k, v in (result.config or {}).items()},
+            "path": result.path,
+        })
+    table = pd.DataFrame(rows).sort_values(f"best_{key}", ascending=goal.mode == "min", kind="stable")
+    return table.reset_index(drop=True)
+
+
+def _at_best(history: pd.DataFrame | None, fids: pd.Series, goal: Objective) -> dict[str, float]:
+    """The ground-truth metrics (``GROUND_TRUTH``) of the evaluation with the best FID: the
+    checkpoint a trial hands over. Empty where the dataset reports none."""
+    keys = [k for k in GROUND_TRUTH if history is not None and k in history]
+    finite = fids[fids.apply(math.isfinite)]
+    if history is None or not keys or finite.empty:
+        return {}
+    best = finite.idxmin() if goal.mode == "min" else finite.idxmax()
+    return {k: float(history.loc[best, k]) for k in keys}

@@ -29,7 +29,7 @@ from PIL import Image
 
 from orchestrator.atomic import atomic_write
 from orchestrator.metrics.health import COMPLETED, FAILED, STOPPED
-from orchestrator.search.plots import CUT, save
+from orchestrator.views.plots import CUT, save
 
 FRAMES, INDEX, CARD = "frames", "index.json", "card.json"
 PAGE, COLUMNS = 16, 4  # cells a page: a sheet of 64 trials is four pages a person can still read

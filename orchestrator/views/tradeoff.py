@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from orchestrator.metrics.health import FAILED, STOPPED
-from orchestrator.search.plots import CUT, WIDE, save
+from orchestrator.views.plots import CUT, WIDE, save
 
 NEAR = 0.10  # "within 10% of the best FID"
 
