@@ -26,10 +26,12 @@ from orchestrator.atomic import check_writable_folder
 from orchestrator.cli import UsageParser, count, device_arg, nonempty, path_arg, run_main
 from orchestrator.config import IMAGE_SUFFIXES, RunSettings, default_cache_dir
 from orchestrator.errors import ConfigError, DataError, did_you_mean, first_line
+from orchestrator.gan.placement import resolve_device
 from orchestrator.metrics.fid import FeatureStats, extract_stats, fid, metric_name
 from orchestrator.metrics.fid import select as select_images
 from orchestrator.metrics.inception import DIMS, FeatureExtractor, load_inception
 from orchestrator.metrics.reference import reference_stats
+from orchestrator.space.sampling import for_this_machine, load_space, space_path
 
 if TYPE_CHECKING:
     from orchestrator.data.dataset import DataSpec
@@ -48,17 +50,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", metavar="A", type=nonempty, help="folder of images, .npz statistics or dataset name")
     p.add_argument("b", metavar="B", type=nonempty, nargs="?",
                    help="the second source (omit with --save-stats)")
+    # the search's and train's flag names and defaults (--n and --weights are this command's old names)
     p.add_argument(
+        "--fid-n",
         "--n",
+        dest="n",
         type=count,
-        help="images per source (default: a folder's all, a dataset's "
-        f"{RunSettings().fid_n}); larger sets use a fixed seeded subset",
+        help="images per source (default: a folder's all, a dataset's as a search of it on this machine "
+        "scores: its space file's, on a CPU its cpu: section's); larger sets use a fixed seeded subset",
     )
-    p.add_argument("--resolution", type=count, default=64, help="dataset resolution (default 64)")
+    p.add_argument("--resolution", type=count,
+                   help="dataset resolution (default: its space file's, as the search uses)")
     p.add_argument("--batch-size", type=count, default=50, help="Inception batch size (default 50)")
     p.add_argument("--device", type=device_arg, default="auto",
                    help="cpu, cuda, cuda:1 ... (default: cuda if any)")
-    p.add_argument("--weights", type=path_arg, help="FID Inception weights file (default: search)")
+    p.add_argument("--fid-weights", "--weights", dest="weights", type=path_arg,
+                   help="FID Inception weights file (default: search)")
+    p.add_argument("--cache-dir", type=path_arg,
+                   help="where datasets and reference statistics are cached (default: the search's)")
     p.add_argument("--save-stats", type=path_arg, metavar="OUT.npz", help="save A's statistics here")
     p.add_argument("--data-root", type=path_arg, help="where datasets' raw files are")
     p.add_argument(
@@ -137,17 +146,32 @@ def dataset_stats(name: str, args: argparse.Namespace, extractor: FeatureExtract
     """The search's own cached reference statistics of a dataset (computed on a cache miss)."""
     from orchestrator.data.dataset import prepare_dataset
 
-    dataset = prepare_dataset(_spec(name, args), default_cache_dir(), progress=True)
-    n = args.n if args.n is not None else RunSettings().fid_n
+    cache = args.cache_dir or default_cache_dir()
+    dataset = prepare_dataset(_spec(name, args), cache, progress=True)
     return reference_stats(
-        dataset.images, dataset.key, n, extractor, default_cache_dir(), batch_size=args.batch_size
+        dataset.images, dataset.key, _as_searched(name, args)[1], extractor, cache, batch_size=args.batch_size
     )
+
+
+def _as_searched(name: str, args: argparse.Namespace) -> tuple[int, int]:
+    """(resolution, images) of a dataset as a search of it on this machine uses them, unless a flag
+    says otherwise: so ``fid shapes`` scores against the very statistics a ``shapes`` search caches."""
+    from orchestrator.data.sources import FOLDER_PREFIX
+
+    resolution, n = args.resolution, args.n
+    if not name.startswith(FOLDER_PREFIX):  # a folder dataset has no space file: the defaults
+        on_cpu = resolve_device(args.device).type == "cpu"
+        space, machine = for_this_machine(load_space(space_path(name)), on_cpu)
+        resolution = resolution or space.resolution
+        n = n or machine.get("fid_n") or space.budget.fid_n
+    return resolution or RunSettings().resolution, n or RunSettings().fid_n
 
 
 def _spec(name: str, args: argparse.Namespace) -> DataSpec:
     from orchestrator.data.dataset import DataSpec
 
-    return DataSpec(name, resolution=args.resolution, root=args.data_root, download=args.download)
+    resolution = _as_searched(name, args)[0]
+    return DataSpec(name, resolution=resolution, root=args.data_root, download=args.download)
 
 
 class _LazyExtractor:

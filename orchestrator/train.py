@@ -30,7 +30,7 @@ from orchestrator.cli import (
     run_settings,
     seed_number,
 )
-from orchestrator.config import CPU_BUDGET, RunSettings, TrialConfig
+from orchestrator.config import RunSettings, TrialConfig
 from orchestrator.data import dataset as datasets
 from orchestrator.data import sources
 from orchestrator.errors import ConfigError, TrainingDiverged
@@ -39,7 +39,7 @@ from orchestrator.gan.placement import place, resolve_device
 from orchestrator.images import save_png
 from orchestrator.metrics.diversity import real_reference
 from orchestrator.metrics.inception import load_inception
-from orchestrator.space.sampling import load_space, space_path
+from orchestrator.space.sampling import for_this_machine, load_space, space_path
 from orchestrator.trial import TrialRunner, format_report
 
 log = logging.getLogger("orchestrator.train")
@@ -69,13 +69,11 @@ def _settings(args: argparse.Namespace) -> RunSettings:
     otherwise. A folder dataset without --space has no file and takes ``RunSettings``' own defaults."""
     fields = {"resolution": args.resolution, "eval_every": args.eval_every, "fid_n": args.fid_n}
     if args.space is not None or not args.dataset.startswith(sources.FOLDER_PREFIX):
-        space = load_space(space_path(args.dataset, args.space))
         on_cpu = args.space is None and resolve_device(args.device).type == "cpu"  # as a search here would
-        space = space.cpu if on_cpu and space.cpu is not None else space
-        budget = {"resolution": space.resolution, "eval_every": space.budget.eval_every,
-                  "fid_n": space.budget.fid_n}
-        if on_cpu and not space.variant:
-            budget |= {key: CPU_BUDGET[key] for key in ("eval_every", "fid_n")}
+        space, machine = for_this_machine(load_space(space_path(args.dataset, args.space)), on_cpu)
+        budget = {"resolution": space.resolution,
+                  "eval_every": machine.get("eval_every") or space.budget.eval_every,
+                  "fid_n": machine.get("fid_n") or space.budget.fid_n}
         fields = {key: value if value is not None else budget[key] for key, value in fields.items()}
     given = {key: value for key, value in fields.items() if value is not None}
     return run_settings(args, eval_seed=args.eval_seed, device=args.device, **given)

@@ -140,3 +140,36 @@ def test_module_entry_point(tmp_path) -> None:
     assert done.returncode == 2 and done.stdout == ""
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "does not exist" in lines[0], lines
+
+
+def test_a_dataset_is_scored_against_the_statistics_its_search_caches(
+    weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``fid shapes`` with no flags: the resolution and image count a ``shapes`` search on this
+    machine uses (on a CPU its cpu: section's), so it finds the statistics that search's driver
+    cached, and computes nothing."""
+    import logging
+
+    from orchestrator.data import dataset as datasets
+    from orchestrator.metrics.diversity import real_reference
+    from orchestrator.metrics.fid import FeatureStats
+    from orchestrator.metrics.reference import stats_path
+    from orchestrator.search.cli import parse_args
+    from orchestrator.search.plan import make_plan
+
+    cache = tmp_path / "cache"
+    plan = make_plan(parse_args(["shapes", "--cache-dir", str(cache), "--fid-weights", str(weights),
+                                 "--device", "cpu", "--gpus-per-trial", "0"]))
+    extractor = load_inception(weights)
+    data = datasets.prepare_dataset(datasets.spec_for(plan.settings), cache, progress=False)
+    real_reference(data.images, data.key, plan.settings.fid_n, extractor, cache, progress=False)  # the driver's
+    cached = stats_path(cache, data.key, plan.settings.fid_n, extractor.name)
+    before = cached.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO):
+        code = run_main(main, ["shapes", "--save-stats", str(tmp_path / "s.npz"), "--cache-dir", str(cache),
+                               "--fid-weights", str(weights), "--device", "cpu"])
+    assert code == 0
+    assert "computing FID reference statistics" not in caplog.text  # a cache hit
+    assert cached.stat().st_mtime_ns == before
+    saved = FeatureStats.load(tmp_path / "s.npz")
+    assert saved.n == plan.settings.fid_n == 256 and plan.settings.resolution == 32

@@ -18,11 +18,18 @@ from typing import Any
 
 from orchestrator.atomic import atomic_write, check_writable_folder
 from orchestrator.cli import run_settings
-from orchestrator.config import CPU_BUDGET, MAX_COUNT, RunSettings
+from orchestrator.config import MAX_COUNT, RunSettings
 from orchestrator.errors import ConfigError, first_line
 from orchestrator.gan.placement import place
 from orchestrator.search.lock import LOCK_FILE
-from orchestrator.space.sampling import SearchSpace, describe, load_space, space_path, startup_trials
+from orchestrator.space.sampling import (
+    SearchSpace,
+    describe,
+    for_this_machine,
+    load_space,
+    space_path,
+    startup_trials,
+)
 from orchestrator.tracking.store import ARTIFACTS_FOLDER, STORE_FILE, check_store
 
 log = logging.getLogger("orchestrator.search")
@@ -91,9 +98,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         place("cuda", args.precision)  # e.g. bf16 on a GPU without it: one line now, not in every trial
     # what overrides the space file's budget, value by value (a flag overrides both)
     cpu_budget = device == "cpu" and not args.address and not args.smoke_test and args.space is None
-    if cpu_budget and space.cpu is not None:
-        space = space.cpu  # the file's own cpu: section, its budget and ranges sized for this machine
-    overlay = SMOKE if args.smoke_test else CPU_BUDGET if cpu_budget and not space.variant else {}
+    space, machine = for_this_machine(space, cpu_budget)  # on a CPU: the file's cpu: section or CPU_BUDGET
+    overlay = SMOKE if args.smoke_test else machine
     budget = space.budget
     settings = run_settings(
         args,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 import orchestrator
-from orchestrator.config import HealthConfig, TrialConfig
+from orchestrator.config import CPU_BUDGET, HealthConfig, TrialConfig
 from orchestrator.errors import ConfigError, SearchSpaceError, did_you_mean
 from orchestrator.space.schema import (
     Budget,
@@ -115,6 +115,17 @@ def load_space(path: Path) -> SearchSpace:
 
     cpu = variant(cpu=True) if "cpu" in raw else None
     return dataclasses.replace(variant(cpu=False), cpu=cpu)
+
+
+def for_this_machine(space: SearchSpace, on_cpu: bool) -> tuple[SearchSpace, dict[str, Any]]:
+    """The space a run of it uses where its trials compute on a CPU or not, and the values that
+    override that space's budget: on a CPU the file's own ``cpu:`` section, or for a file without one
+    ``CPU_BUDGET``'s values. The one place search, train and fid decide this."""
+    if not on_cpu:
+        return space, {}
+    if space.cpu is not None:
+        return space.cpu, {}
+    return space, dict(CPU_BUDGET)
 
 
 def space_path(dataset: str, override: Path | None = None) -> Path:
