@@ -162,7 +162,8 @@ def test_a_dataset_is_scored_against_the_statistics_its_search_caches(
                                  "--device", "cpu", "--gpus-per-trial", "0"]))
     extractor = load_inception(weights)
     data = datasets.prepare_dataset(datasets.spec_for(plan.settings), cache, progress=False)
-    real_reference(data.images, data.key, plan.settings.fid_n, extractor, cache, progress=False)  # the driver's
+    # what the search's driver computes and caches before its trials start
+    real_reference(data.images, data.key, plan.settings.fid_n, extractor, cache, progress=False)
     cached = stats_path(cache, data.key, plan.settings.fid_n, extractor.name)
     before = cached.stat().st_mtime_ns
     with caplog.at_level(logging.INFO):
