@@ -41,7 +41,7 @@ import pandas as pd
 import yaml
 from common import BENCH, add_common_args, on_cuda, report, run_search, shared_data, table
 
-from orchestrator.metrics.fid import metric_name
+from orchestrator.metrics.frechet import metric_name
 from orchestrator.space.sampling import SearchSpace, load_space, space_path
 
 DEFAULT_GPU_SHARE = 0.25  # the search's own default with a GPU (orchestrator/search.py)

@@ -46,7 +46,7 @@ from orchestrator.config import RunSettings
 from orchestrator.data.shapes import draw_shapes
 from orchestrator.gan.step import GANState, fixed_latents, generate, train_step
 from orchestrator.metrics import inception
-from orchestrator.metrics.fid import (
+from orchestrator.metrics.frechet import (
     MAX_KEEP,
     FeatureStats,
     fid,

@@ -555,7 +555,7 @@ def main() -> int:
     experiment = workdir / "runs" / NAME
     os.environ["ORCHESTRATOR_CACHE"] = str(workdir / "cache")
     sys.path.insert(0, str(REPO))
-    from orchestrator.metrics.fid import metric_name
+    from orchestrator.metrics.frechet import metric_name
 
     fid_key = metric_name(sizes["fid_n"])
     run, resume_code, procs = Run(), None, []

@@ -34,7 +34,7 @@ from common import add_common_args, median, rate, report, shared_data, table, ti
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from orchestrator.metrics.fid import FeatureStats, fid
+from orchestrator.metrics.frechet import FeatureStats, fid
 from orchestrator.metrics.inception import _to_unit_rgb, load_inception
 
 

@@ -27,8 +27,8 @@ from orchestrator.cli import UsageParser, count, device_arg, nonempty, path_arg,
 from orchestrator.config import IMAGE_SUFFIXES, RunSettings, default_cache_dir
 from orchestrator.errors import ConfigError, DataError, did_you_mean, first_line
 from orchestrator.gan.placement import resolve_device
-from orchestrator.metrics.fid import FeatureStats, extract_stats, fid, metric_name
-from orchestrator.metrics.fid import select as select_images
+from orchestrator.metrics.frechet import FeatureStats, extract_stats, fid, metric_name
+from orchestrator.metrics.frechet import select as select_images
 from orchestrator.metrics.inception import DIMS, FeatureExtractor, load_inception
 from orchestrator.metrics.reference import reference_stats
 from orchestrator.space.sampling import for_this_machine, load_space, space_path

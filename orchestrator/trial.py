@@ -35,7 +35,7 @@ from orchestrator.gan.step import (
 )
 from orchestrator.images import grid_image
 from orchestrator.metrics.diversity import RealReference
-from orchestrator.metrics.fid import MAX_KEEP, FeatureStats, generated_features
+from orchestrator.metrics.frechet import MAX_KEEP, FeatureStats, generated_features
 from orchestrator.metrics.health import Verdict, check
 from orchestrator.metrics.inception import FeatureExtractor
 from orchestrator.metrics.registry import Evaluation, evaluate, objective

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from orchestrator.data.dataset import CachedDataset
-from orchestrator.metrics.fid import FeatureStats
+from orchestrator.metrics.frechet import FeatureStats
 
 SMALL = {"nz": 16, "ngf": 8, "ndf": 8, "batch_size": 16}  # a tiny trial: steps in milliseconds
 

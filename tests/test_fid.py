@@ -13,9 +13,9 @@ import torch
 from pytorch_fid.fid_score import calculate_frechet_distance
 
 from orchestrator.errors import ConfigError, DataError
-from orchestrator.metrics import fid as fidlib
+from orchestrator.metrics import frechet as fidlib
 from orchestrator.metrics import reference
-from orchestrator.metrics.fid import (
+from orchestrator.metrics.frechet import (
     FeatureStats,
     as_8bit,
     extract_features,

@@ -15,7 +15,7 @@ from PIL import Image
 from orchestrator.cli import run_main
 from orchestrator.fid import main
 from orchestrator.metrics import inception
-from orchestrator.metrics.fid import extract_stats, fid
+from orchestrator.metrics.frechet import extract_stats, fid
 from orchestrator.metrics.inception import ENV_VAR, load_inception
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,7 +152,7 @@ def test_a_dataset_is_scored_against_the_statistics_its_search_caches(
 
     from orchestrator.data import dataset as datasets
     from orchestrator.metrics.diversity import real_reference
-    from orchestrator.metrics.fid import FeatureStats
+    from orchestrator.metrics.frechet import FeatureStats
     from orchestrator.metrics.reference import stats_path
     from orchestrator.search.cli import parse_args
     from orchestrator.search.plan import make_plan

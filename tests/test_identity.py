@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.search.cli import cli_main, parse_args
-from orchestrator.search.plan import STATE_FILE, make_plan, search_identity, write_state
+from orchestrator.search.plan import SEARCH_RECORD_FILE, make_plan, search_identity, write_state
 
 SHAPES_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "shapes.yaml"
 
@@ -45,11 +45,11 @@ def test_a_taken_name_is_refused_pointing_at_resume(
     argv = ["shapes", "--smoke-test", "--name", "smoke", "--storage", str(storage)]
     assert _run(argv, capsys)[0] == 0  # a new name: fine
     _started(storage, ["shapes", "--smoke-test", "--name", "smoke"])
-    before = (storage / "smoke" / STATE_FILE).read_bytes()
+    before = (storage / "smoke" / SEARCH_RECORD_FILE).read_bytes()
     code, err = _run(argv, capsys)
     assert code == 2 and len(err.splitlines()) == 1
     assert "a search named 'smoke' is already in" in err and "--resume" in err
-    assert (storage / "smoke" / STATE_FILE).read_bytes() == before  # untouched
+    assert (storage / "smoke" / SEARCH_RECORD_FILE).read_bytes() == before  # untouched
     # a folder holding only Tune's state (the driver died before writing ours) is taken too
     (storage / "other").mkdir()
     (storage / "other" / "experiment_state-2026-12-03_17-00-00.json").write_text("{}")
@@ -100,9 +100,10 @@ def test_a_state_file_that_is_not_json_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "s").mkdir()
-    (tmp_path / "s" / STATE_FILE).write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    (tmp_path / "s" / SEARCH_RECORD_FILE).write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
     code, err = _run(["shapes", "--name", "s", "--storage", str(tmp_path), "--resume"], capsys)
-    assert code == 2 and len(err.splitlines()) == 1 and f"cannot read {tmp_path / 's'}/{STATE_FILE}" in err
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"cannot read {tmp_path / 's'}/{SEARCH_RECORD_FILE}" in err
 
 
 def test_identity_is_json_and_names_what_defines_a_search() -> None:
@@ -153,6 +154,6 @@ def test_a_search_that_dies_ends_its_parent_run(
     else:
         with pytest.raises(RuntimeError, match="a bug inside"):
             cli_main(argv)
-    state = json.loads((storage / "dies" / STATE_FILE).read_text())
+    state = json.loads((storage / "dies" / SEARCH_RECORD_FILE).read_text())
     run = MlflowClient(state["tracking_uri"]).get_run(state["parent_run_id"])
     assert run.info.status == status

@@ -21,7 +21,7 @@ from pytorch_fid import inception as pfid
 from orchestrator.errors import WeightsError
 from orchestrator.fid import folder_stats
 from orchestrator.metrics import inception
-from orchestrator.metrics.fid import FeatureStats, fid
+from orchestrator.metrics.frechet import FeatureStats, fid
 from orchestrator.metrics.inception import (
     ENV_VAR,
     PTH_NAME,

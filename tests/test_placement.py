@@ -29,7 +29,7 @@ from orchestrator.gan.step import (
     train_step,
     train_steps,
 )
-from orchestrator.metrics.fid import FeatureStats
+from orchestrator.metrics.frechet import FeatureStats
 from orchestrator.trial import TrialRunner
 
 CHANNELS_LAST = torch.channels_last

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from orchestrator.data.shapes import SHAPE_CLASSES
-from orchestrator.metrics.fid import FeatureStats, fid
+from orchestrator.metrics.frechet import FeatureStats, fid
 from orchestrator.metrics.registry import (
     REGISTRY,
     Evaluation,

@@ -27,7 +27,7 @@ from orchestrator.gan.checkpoints import (
     load_generator,
 )
 from orchestrator.gan.step import generate
-from orchestrator.metrics.fid import FeatureStats
+from orchestrator.metrics.frechet import FeatureStats
 from orchestrator.metrics.health import DISCRIMINATOR_WINS, DIVERGED, Verdict
 from orchestrator.metrics.registry import objective
 

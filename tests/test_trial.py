@@ -17,7 +17,7 @@ from orchestrator.config import RunSettings, TrialConfig
 from orchestrator.data.dataset import CachedDataset
 from orchestrator.errors import TrainingDiverged
 from orchestrator.gan.step import generate, train_steps
-from orchestrator.metrics.fid import FeatureStats
+from orchestrator.metrics.frechet import FeatureStats
 from orchestrator.metrics.registry import objective
 from orchestrator.trial import GRID_SIZE, TrialRunner, format_report
 

@@ -19,7 +19,7 @@ import torch
 
 from orchestrator.atomic import atomic_write
 from orchestrator.errors import ConfigError, DataError
-from orchestrator.metrics.fid import MAX_KEEP, FeatureStats
+from orchestrator.metrics.frechet import MAX_KEEP, FeatureStats
 from orchestrator.metrics.inception import FeatureExtractor
 from orchestrator.metrics.reference import cache_path, reference_features
 

@@ -20,7 +20,7 @@ import torch
 
 from orchestrator.atomic import atomic_write
 from orchestrator.errors import ConfigError, DataError
-from orchestrator.metrics.fid import (
+from orchestrator.metrics.frechet import (
     MAX_KEEP,
     SELECTION_SEED,
     FeatureStats,

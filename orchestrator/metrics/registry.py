@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from orchestrator.metrics.diversity import RealReference, diversity_metrics
-from orchestrator.metrics.fid import FeatureStats, fid, metric_name
+from orchestrator.metrics.frechet import FeatureStats, fid, metric_name
 from orchestrator.metrics.inception_score import inception_score
 from orchestrator.metrics.modes import mode_metrics
 

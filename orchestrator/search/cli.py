@@ -28,7 +28,7 @@ from orchestrator.data import dataset as datasets
 from orchestrator.data import sources
 from orchestrator.search.lock import driver_lock
 from orchestrator.search.plan import (
-    STATE_FILE,
+    SEARCH_RECORD_FILE,
     Plan,
     check_new,
     check_outputs,
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # before the checks that read the search's folder: two drivers starting together must not both
     # find it free
     command = "python -m orchestrator.search " + shlex.join(plan.argv)
-    lock = driver_lock(plan.experiment_dir, command, STATE_FILE)
+    lock = driver_lock(plan.experiment_dir, command, SEARCH_RECORD_FILE)
     lock.acquire()
     try:
         return _checked(args, plan)

@@ -34,7 +34,7 @@ from orchestrator.tracking.store import ARTIFACTS_FOLDER, STORE_FILE, check_stor
 
 log = logging.getLogger("orchestrator.search")
 
-STATE_FILE = "orchestrator.json"  # beside Tune's experiment state: the MLflow ids of this search
+SEARCH_RECORD_FILE = "orchestrator.json"  # beside Tune's experiment state: the MLflow ids of this search
 REMOTE_STORAGE = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss")  # pyarrow's file systems, as Tune reads them
 # an experiment name is one folder under --storage and one MLflow experiment
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -330,7 +330,7 @@ def check_new(plan: Plan) -> None:
     if "://" in plan.storage:
         return  # listing a remote folder would need its credentials before any work: not checked
     folder = Path(plan.experiment_dir)
-    if (folder / STATE_FILE).exists() or any(folder.glob("experiment_state*")):
+    if (folder / SEARCH_RECORD_FILE).exists() or any(folder.glob("experiment_state*")):
         raise ConfigError(f"a search named {plan.name!r} is already in {folder}: add --resume to continue "
                           "it, or choose another --name")
     # a folder of someone else's files is never moved into (the driver's lock, taken just before,
@@ -344,16 +344,17 @@ def check_new(plan: Plan) -> None:
 
 def check_resumable(plan: Plan) -> None:
     """``--resume`` continues the search it names, and only when this command is that search."""
-    if "://" not in plan.storage and not (Path(plan.experiment_dir) / STATE_FILE).exists():
+    if "://" not in plan.storage and not (Path(plan.experiment_dir) / SEARCH_RECORD_FILE).exists():
         raise ConfigError(f"--resume: {plan.experiment_dir} holds no search to resume")
     try:
         state = read_state(plan)
     except (OSError, ValueError) as err:  # unreadable, not JSON, not UTF-8
-        raise ConfigError(f"--resume: cannot read {plan.experiment_dir}/{STATE_FILE}: "
+        raise ConfigError(f"--resume: cannot read {plan.experiment_dir}/{SEARCH_RECORD_FILE}: "
                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     if not isinstance(state, dict) or not state.get("parent_run_id"):
-        raise ConfigError(f"--resume: {plan.experiment_dir}/{STATE_FILE} is damaged (not the record a search "
-                          "writes); the search cannot resume from it")
+        record = f"{plan.experiment_dir}/{SEARCH_RECORD_FILE}"
+        raise ConfigError(f"--resume: {record} is damaged (not the record a search writes); the search cannot "
+                          "resume from it")
     if "://" not in plan.storage:
         _check_tune_state(Path(plan.experiment_dir))
     started = state.get("identity")
@@ -395,19 +396,19 @@ def write_state(plan: Plan, state: dict[str, Any]) -> None:
     if "://" in plan.storage:
         import pyarrow.fs as pafs
 
-        fs, path = pafs.FileSystem.from_uri(f"{plan.experiment_dir}/{STATE_FILE}")
+        fs, path = pafs.FileSystem.from_uri(f"{plan.experiment_dir}/{SEARCH_RECORD_FILE}")
         with fs.open_output_stream(path) as out:
             out.write(json.dumps(state).encode())
         return
     text = json.dumps(state, indent=2).encode()
-    atomic_write(Path(plan.experiment_dir) / STATE_FILE, lambda f: f.write(text))
+    atomic_write(Path(plan.experiment_dir) / SEARCH_RECORD_FILE, lambda f: f.write(text))
 
 
 def read_state(plan: Plan) -> dict[str, Any]:
     if "://" in plan.storage:
         import pyarrow.fs as pafs
 
-        fs, path = pafs.FileSystem.from_uri(f"{plan.experiment_dir}/{STATE_FILE}")
+        fs, path = pafs.FileSystem.from_uri(f"{plan.experiment_dir}/{SEARCH_RECORD_FILE}")
         with fs.open_input_stream(path) as stream:
             return json.loads(stream.read())
-    return json.loads((Path(plan.experiment_dir) / STATE_FILE).read_text())
+    return json.loads((Path(plan.experiment_dir) / SEARCH_RECORD_FILE).read_text())

@@ -34,7 +34,7 @@ from orchestrator.gan.checkpoints import (
 from orchestrator.gan.placement import place, trial_device
 from orchestrator.images import save_png
 from orchestrator.metrics.diversity import RealReference
-from orchestrator.metrics.fid import FeatureStats
+from orchestrator.metrics.frechet import FeatureStats
 from orchestrator.metrics.health import DIVERGED, Verdict
 from orchestrator.metrics.inception import load_inception
 from orchestrator.trial import TrialRunner, device_images
