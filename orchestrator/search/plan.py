@@ -353,8 +353,8 @@ def check_resumable(plan: Plan) -> None:
                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     if not isinstance(state, dict) or not state.get("parent_run_id"):
         record = f"{plan.experiment_dir}/{SEARCH_RECORD_FILE}"
-        raise ConfigError(f"--resume: {record} is damaged (not the record a search writes); the search cannot "
-                          "resume from it")
+        raise ConfigError(f"--resume: {record} is damaged (not the record a search writes); the search "
+                          "cannot resume from it")
     if "://" not in plan.storage:
         _check_tune_state(Path(plan.experiment_dir))
     started = state.get("identity")
