@@ -36,7 +36,6 @@ import os
 import re
 import shlex
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -276,32 +275,30 @@ def saved_statuses(experiment: Path) -> dict[str, str]:
 
 def mlflow_trials(experiment: Path, fid_key: str) -> dict[str, list[dict[str, Any]]]:
     """trial id -> its MLflow child runs (normally one): outcome tag and the steps of its FID history,
-    read straight from the search's sqlite store."""
-    state_file, db = experiment / "orchestrator.json", experiment / "mlflow.db"
-    if not state_file.exists() or not db.exists():
+    read through the package's own reader of a search (``orchestrator.tracking.store``)."""
+    from orchestrator.errors import ConfigError
+    from orchestrator.tracking import store
+
+    db = experiment / "mlflow.db"
+    if not db.exists():
         return {}
-    parent = json.loads(state_file.read_text())["parent_run_id"]
-    trials: dict[str, list[dict[str, Any]]] = {}
+    uri = store.default_tracking_uri(experiment)
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as con:
-            runs = [r[0] for r in con.execute(
-                "select run_uuid from tags where key = 'mlflow.parentRunId' and value = ?", (parent,))]
-            for run in runs:
-                tags = dict(con.execute("select key, value from tags where run_uuid = ?", (run,)).fetchall())
-                metric = con.execute("select step, value from metrics where run_uuid = ? and key = ? "
-                                     "order by step, timestamp", (run, fid_key)).fetchall()
-                trials.setdefault(tags.get("trial_id", "?"), []).append({
-                    "run": run, "outcome": tags.get("outcome", ""), "steps": [s for s, _ in metric],
-                    "fid": [v for _, v in metric], "best": parent_tag(con, parent, "best_run_id") == run,
-                })
-    except sqlite3.Error as err:
-        print(f"(MLflow store not readable yet: {err})", flush=True)
+        search = store.read_search(experiment.name, uri)
+    except ConfigError as err:  # no search run, or no trial run yet
+        print(f"(MLflow store holds no search yet: {err})", flush=True)
+        return {}
+    client = store.connect(uri)
+    best_run = client.get_run(search.parent_run_id).data.tags.get("best_run_id")
+    trials: dict[str, list[dict[str, Any]]] = {}
+    for row in search.rows:
+        history = sorted(client.get_metric_history(row["run_id"], fid_key),
+                         key=lambda m: (m.step, m.timestamp))
+        trials.setdefault(str(row["trial_id"] or "?"), []).append({
+            "run": row["run_id"], "outcome": row["outcome"], "steps": [m.step for m in history],
+            "fid": [m.value for m in history], "best": best_run == row["run_id"],
+        })
     return trials
-
-
-def parent_tag(con: sqlite3.Connection, parent: str, key: str) -> str | None:
-    row = con.execute("select value from tags where run_uuid = ? and key = ?", (parent, key)).fetchone()
-    return row[0] if row else None
 
 
 def restarts(rows: list[dict[str, Any]], after: float) -> list[dict[str, Any]]:
