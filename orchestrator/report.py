@@ -32,11 +32,11 @@ from orchestrator.views.report_page import (
     NUMBER,
     Trials,
     pick_figures,
+    pick_line,
     pictures_beside,
     results_table,
     write_report,
 )
-from orchestrator.views.tradeoff import describe_pick
 
 
 def build_parser() -> UsageParser:
@@ -67,8 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = write_report(trials, prefix)
     with pd.option_context("display.max_columns", None, "display.width", 200):
         print(report.to_string(index=False, float_format=NUMBER))
-    if pick := describe_pick(report.assign(outcome=report["outcome"].str.split(" ").str[0]),
-                             f"best_{trials.goal.key}", trials.cost, trials.unit, trials.goal.mode):
+    if pick := pick_line(trials):
         print(pick)
     print(f"{len(report)} trials of {trials.name}; written to {prefix}.csv and {prefix}.html "
           f"(with its pictures: open it in a browser)")

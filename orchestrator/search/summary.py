@@ -131,18 +131,15 @@ def _write_report(plan: Plan, table: pd.DataFrame, client: Any, parent: str) -> 
     it; the quality-against-cost plot on the parent run; the summary's line on the cheapest trial
     near the best."""
     from orchestrator.views import report_page
-    from orchestrator.views.tradeoff import describe_pick
 
     goal, here = objective(plan.settings.fid_n), beside_results(plan)
     gpu = plan.resources["gpu"]
     trials = report_page.Trials(table, goal, "GPU" if gpu else "CPU", gpu or plan.resources["cpu"], plan.name,
                                 *report_page.pictures_beside(here))
     prefix = here / "report"
-    shown = report_page.write_report(trials, prefix)
+    report_page.write_report(trials, prefix)
     store.log_file(client, parent, prefix.with_name(f"report-{report_page.QUALITY_VS_COST}"), PLOTS_FOLDER)
     store.log_file(client, parent, prefix.with_suffix(".html"))
-    pick = describe_pick(shown.assign(outcome=shown["outcome"].str.split(" ").str[0]),
-                         f"best_{goal.key}", trials.cost, trials.unit, goal.mode)
-    if pick:
+    if pick := report_page.pick_line(trials):
         print(f"  {pick}")
     return prefix.with_suffix(".html")

@@ -52,17 +52,23 @@ class Trials:
 
 
 def present(trials: Trials) -> pd.DataFrame:
-    """The table people read: trial, outcome, FID (and where the dataset has them, the decoder's mode
-    coverage and decodable fraction at that evaluation), the hyperparameters that differ between trials,
-    device seconds, whether the trial is on the Pareto front; sorted by FID, failed trials last."""
+    """The table people read: trial, outcome (with its failure mode in brackets), FID (and where the
+    dataset has them, the decoder's mode coverage and decodable fraction at that evaluation), the
+    hyperparameters that differ between trials, device seconds, whether the trial is on the Pareto
+    front; sorted by FID, failed trials last."""
+    return _shown(_ranked(trials))
+
+
+def _ranked(trials: Trials) -> pd.DataFrame:
+    """``present``'s table with the outcome and the failure mode in columns of their own: what the
+    plot, the pick and the counts read. They are written together only for people (``_shown``)."""
     table, fid = trials.table, f"best_{trials.goal.key}"
     config = [c for c in table.columns if c.startswith("config/")]
     varying = [c for c in config if table[c].astype(str).nunique() > 1] or config
-    outcome = table["outcome"].where(table["failure_mode"].fillna("") == "",
-                                     table["outcome"] + " (" + table["failure_mode"].astype(str) + ")")
     report = pd.DataFrame({
         "trial": table["trial_id"].astype(str),
-        "outcome": outcome,
+        "outcome": table["outcome"],
+        "failure_mode": table["failure_mode"].fillna("").astype(str),
         fid: table[fid].astype(float),
         # shapes: what the best evaluation's samples are, read by the exact decoder
         **{key: table[key].astype(float) for key in GROUND_TRUTH if key in table},
@@ -78,26 +84,37 @@ def present(trials: Trials) -> pd.DataFrame:
     return report.loc[order.index].reset_index(drop=True)
 
 
+def _shown(ranked: pd.DataFrame) -> pd.DataFrame:
+    modes = ranked["failure_mode"]
+    outcome = ranked["outcome"].where(modes == "", ranked["outcome"] + " (" + modes + ")")
+    return ranked.assign(outcome=outcome).drop(columns="failure_mode")
+
+
+def pick_line(trials: Trials) -> str:
+    """The trial quality against cost recommends, in a sentence (empty when there is no choice)."""
+    return tradeoff.describe_pick(_ranked(trials), f"best_{trials.goal.key}", trials.cost, trials.unit,
+                                  trials.goal.mode) or ""
+
+
 def write_report(trials: Trials, prefix: Path) -> pd.DataFrame:
     """``PREFIX.csv``, ``PREFIX.html`` and the quality-against-cost plot beside them; returns the table."""
-    report = present(trials)
-    fid, outcomes = f"best_{trials.goal.key}", report["outcome"].str.split(" ").str[0]
-    plot_table = report.assign(outcome=outcomes)
-    plot = tradeoff.quality_vs_cost(plot_table, fid, trials.cost, trials.unit,
+    ranked = _ranked(trials)
+    report = _shown(ranked)
+    plot = tradeoff.quality_vs_cost(ranked, f"best_{trials.goal.key}", trials.cost, trials.unit,
                                     prefix.with_name(f"{prefix.name}-{QUALITY_VS_COST}"), trials.goal.mode)
     report.to_csv(prefix.with_name(prefix.name + ".csv"), index=False)
-    pick = tradeoff.describe_pick(plot_table, fid, trials.cost, trials.unit, trials.goal.mode)
-    lines = [headline(trials, report), *([pick] if pick else [])]
+    pick = pick_line(trials)
+    lines = [headline(trials, ranked), *([pick] if pick else [])]
     figures = {"quality against cost": plot.read_bytes(), **trials.figures}
     page = _page(trials, report, lines, figures)
     atomic_write(prefix.with_name(prefix.name + ".html"), lambda f: f.write(page.encode()))
     return report
 
 
-def headline(trials: Trials, report: pd.DataFrame) -> str:
-    counts = report["outcome"].str.split(" ").str[0].value_counts().to_dict()
-    hours = report[trials.cost].sum() / 3600
-    return (f"search {trials.name}: {len(report)} trials: {counts.get('completed', 0)} completed, "
+def headline(trials: Trials, ranked: pd.DataFrame) -> str:
+    counts = ranked["outcome"].value_counts().to_dict()
+    hours = ranked[trials.cost].sum() / 3600
+    return (f"search {trials.name}: {len(ranked)} trials: {counts.get('completed', 0)} completed, "
             f"{counts.get('stopped_early', 0)} stopped early, {counts.get(FAILED, 0)} failed; "
             f"{hours:.3g} {trials.unit}-hours; ranked on {trials.goal.best_key}")
 
