@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from orchestrator.space.sampling import (
     space_path,
     startup_trials,
 )
+from orchestrator.space.schema import Budget
 from orchestrator.tracking.store import ARTIFACTS_FOLDER, STORE_FILE, check_store
 
 log = logging.getLogger("orchestrator.search")
@@ -85,17 +87,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         space = _with_weak_start(space)
     if args.reduction_factor is not None and not args.reduction_factor >= 2:
         raise ConfigError(f"--reduction-factor {args.reduction_factor:g} must be at least 2")
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else _default_gpu_share(args.address)
-    if not 0 <= gpus <= 8:
-        raise ConfigError(f"--gpus-per-trial {gpus} must be in [0, 8]")
-    device = args.device or ("cuda" if gpus > 0 else "cpu")
-    if device == "cuda" and gpus == 0:
-        raise ConfigError("--device cuda needs --gpus-per-trial > 0 (Ray hides GPUs from trials without one)")
-    if device == "cuda" and not args.address and not _cuda_visible():
-        raise ConfigError(f"--gpus-per-trial {gpus:g} but torch sees no GPU on this machine; leave it out to "
-                          "run on the CPU, or pass --address of a cluster with GPU nodes")
-    if device == "cuda" and not args.address:
-        place("cuda", args.precision)  # e.g. bf16 on a GPU without it: one line now, not in every trial
+    gpus, device = _gpus_and_device(args)
     # what overrides the space file's budget, value by value (a flag overrides both)
     cpu_budget = device == "cpu" and not args.address and not args.smoke_test and args.space is None
     space, machine = for_this_machine(space, cpu_budget)  # on a CPU: the file's cpu: section or CPU_BUDGET
@@ -110,41 +102,16 @@ def make_plan(args: argparse.Namespace) -> Plan:
         device=device,
         health=space.health,
     )
-    max_evals = args.max_evals or overlay.get("max_evals") or budget.max_evals
-    if max_evals * settings.eval_every > MAX_COUNT:  # a trial's steps are counted in 32 bits downstream
-        steps = max_evals * settings.eval_every
-        raise ConfigError(f"--max-evals {max_evals} x {settings.eval_every} steps an evaluation is {steps:,} "
-                          f"steps, more than any trial can run ({MAX_COUNT:,})")
+    budget = _run_budget(args, overlay, budget, settings)
     max_concurrent = args.max_concurrent or overlay.get("max_concurrent") or budget.max_concurrent or 4
-    cpus = args.cpus_per_trial or (1.0 if gpus else float(max(1, (os.cpu_count() or 1) // max_concurrent)))
-    if not args.address and cpus > (os.cpu_count() or 1):  # Tune would wait for it forever
-        raise ConfigError(f"--cpus-per-trial {cpus:g}: this machine has {os.cpu_count()} CPUs, so no trial "
-                          "could start; lower it, or pass --address of a cluster with larger nodes")
-    if not args.address and gpus > 1 and gpus > gpu_count():
-        raise ConfigError(f"--gpus-per-trial {gpus:g}: this machine has {gpu_count()} GPUs, so no trial "
-                          "could start")
-    storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
-    if "://" in storage and storage.split("://", 1)[0] not in REMOTE_STORAGE:
-        raise ConfigError(f"--storage {storage}: results go to a folder or to {', '.join(REMOTE_STORAGE)}:// "
-                          "(the file systems Tune writes to)")
-    if "://" in storage and not args.mlflow_uri:
-        raise ConfigError("remote --storage needs --mlflow-uri (a sqlite store cannot live there)")
-    # the budget the search will really run (flags, then --smoke-test or the CPU budget, override the
-    # file), so the printed plan and the parent run's params say what happened
-    grace_period = args.grace_period or overlay.get("grace_period") or budget.grace_period
-    if args.grace_period and grace_period > max_evals:
-        raise ConfigError(f"--grace-period {grace_period} exceeds max_evals {max_evals}")
-    budget = dataclasses.replace(
-        budget, eval_every=settings.eval_every, fid_n=settings.fid_n, max_evals=max_evals,
-        grace_period=min(grace_period, max_evals),
-        reduction_factor=args.reduction_factor or overlay.get("reduction_factor") or budget.reduction_factor,
-    )
+    cpus = _cpus_per_trial(args, gpus, max_concurrent)
+    storage = _storage(args)
     name = _experiment_name(args, storage)
     return Plan(
         space=dataclasses.replace(space, budget=budget),
         settings=settings,
         num_samples=args.num_samples or overlay.get("num_samples") or budget.num_samples or 16,
-        max_evals=max_evals,
+        max_evals=budget.max_evals,
         grace_period=budget.grace_period,
         reduction_factor=budget.reduction_factor,
         max_concurrent=max_concurrent,
@@ -177,6 +144,65 @@ def _with_weak_start(space: SearchSpace) -> SearchSpace:
         return space
     floors = {p.name: p.distribution.low for p in space.params if p.name in ("lr_g", "lr_d")}  # type: ignore[attr-defined]
     return dataclasses.replace(space, start=(space.start[0], {**space.start[0], **floors}))
+
+
+def _run_budget(args: argparse.Namespace, overlay: Mapping[str, Any], budget: Budget,
+                settings: RunSettings) -> Budget:
+    """The budget the search will really run (flags, then --smoke-test or the CPU budget, override the
+    file), so the printed plan and the parent run's params say what happened."""
+    max_evals = args.max_evals or overlay.get("max_evals") or budget.max_evals
+    if max_evals * settings.eval_every > MAX_COUNT:  # a trial's steps are counted in 32 bits downstream
+        steps = max_evals * settings.eval_every
+        raise ConfigError(f"--max-evals {max_evals} x {settings.eval_every} steps an evaluation is {steps:,} "
+                          f"steps, more than any trial can run ({MAX_COUNT:,})")
+    grace_period = args.grace_period or overlay.get("grace_period") or budget.grace_period
+    if args.grace_period and grace_period > max_evals:
+        raise ConfigError(f"--grace-period {grace_period} exceeds max_evals {max_evals}")
+    return dataclasses.replace(
+        budget, eval_every=settings.eval_every, fid_n=settings.fid_n, max_evals=max_evals,
+        grace_period=min(grace_period, max_evals),
+        reduction_factor=args.reduction_factor or overlay.get("reduction_factor") or budget.reduction_factor,
+    )
+
+
+def _gpus_and_device(args: argparse.Namespace) -> tuple[float, str]:
+    """A trial's GPU share and the device it computes on, checked against this machine."""
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else _default_gpu_share(args.address)
+    if not 0 <= gpus <= 8:
+        raise ConfigError(f"--gpus-per-trial {gpus} must be in [0, 8]")
+    device = args.device or ("cuda" if gpus > 0 else "cpu")
+    if device == "cuda" and gpus == 0:
+        raise ConfigError("--device cuda needs --gpus-per-trial > 0 (Ray hides GPUs from trials without one)")
+    if device == "cuda" and not args.address and not _cuda_visible():
+        raise ConfigError(f"--gpus-per-trial {gpus:g} but torch sees no GPU on this machine; leave it out to "
+                          "run on the CPU, or pass --address of a cluster with GPU nodes")
+    if device == "cuda" and not args.address:
+        place("cuda", args.precision)  # e.g. bf16 on a GPU without it: one line now, not in every trial
+    return gpus, device
+
+
+def _cpus_per_trial(args: argparse.Namespace, gpus: float, max_concurrent: int) -> float:
+    """A trial's CPUs (by default this machine's shared among the trials at once), and a refusal of
+    any share no node here could give: Tune would wait for it forever."""
+    cpus = args.cpus_per_trial or (1.0 if gpus else float(max(1, (os.cpu_count() or 1) // max_concurrent)))
+    if not args.address and cpus > (os.cpu_count() or 1):
+        raise ConfigError(f"--cpus-per-trial {cpus:g}: this machine has {os.cpu_count()} CPUs, so no trial "
+                          "could start; lower it, or pass --address of a cluster with larger nodes")
+    if not args.address and gpus > 1 and gpus > gpu_count():
+        raise ConfigError(f"--gpus-per-trial {gpus:g}: this machine has {gpu_count()} GPUs, so no trial "
+                          "could start")
+    return cpus
+
+
+def _storage(args: argparse.Namespace) -> str:
+    """Where Tune writes: an absolute folder, or a remote file system with an MLflow server beside."""
+    storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
+    if "://" in storage and storage.split("://", 1)[0] not in REMOTE_STORAGE:
+        raise ConfigError(f"--storage {storage}: results go to a folder or to {', '.join(REMOTE_STORAGE)}:// "
+                          "(the file systems Tune writes to)")
+    if "://" in storage and not args.mlflow_uri:
+        raise ConfigError("remote --storage needs --mlflow-uri (a sqlite store cannot live there)")
+    return storage
 
 
 def _default_gpu_share(address: str | None) -> float:

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.cli import catch_signals, on_interrupt
 from orchestrator.data import dataset as datasets
@@ -35,6 +35,14 @@ from orchestrator.search.plan import (
 )
 from orchestrator.search.summary import beside_results, summarise
 from orchestrator.tracking import store
+
+if TYPE_CHECKING:  # what the driver's helpers hand over, without importing Ray's callbacks at load
+    from orchestrator.data.dataset import CachedDataset
+    from orchestrator.metrics.diversity import RealReference
+    from orchestrator.metrics.frechet import FeatureStats
+    from orchestrator.metrics.inception import InceptionExtractor
+    from orchestrator.search.sheet_logger import ContactSheetLogger
+    from orchestrator.tracking.trial_logger import MlflowTrialLogger
 from orchestrator.views.report_page import SHEETS_FOLDER
 from orchestrator.views.sheets import milestones
 
@@ -105,24 +113,8 @@ def run_search(plan: Plan) -> int:
     import ray
     from ray import tune
 
-    from orchestrator.search.sheet_logger import ContactSheetLogger
-    from orchestrator.tracking.trial_logger import MlflowTrialLogger
-
-    weights, spec = plan.fid_weights, datasets.spec_for(plan.settings)
     clock = Clock()
-    # the driver's GPU, when it has one, computes the reference statistics
-    extractor = load_inception(weights, device=resolve_device("auto"))  # fails before any data work
-    clock.lap("inception")
-    print_plan(plan)
-    data = datasets.prepare_dataset(spec, plan.settings.cache_dir)
-    datasets.check_fid_n(plan.settings.fid_n, len(data), spec.name)  # unreadable files skipped
-    clock.lap("data")
-    reference, real_ref = real_reference(
-        data.images, data.key, plan.settings.fid_n, extractor, plan.settings.cache_dir,
-        device=extractor.device,
-    )
-    clock.lap("reference")
-
+    data, extractor, reference, real_ref = _real_side(plan, clock)
     _start_ray(plan)
     _wait_for_a_node(plan)
     tracking_uri = plan.tracking_uri or _local_tracking_uri(plan)
@@ -130,20 +122,9 @@ def run_search(plan: Plan) -> int:
     identity = {"data_key": data.key, "fid_network": extractor.name, "fid_reference_n": str(reference.n)}
     state = _parent_run(plan, client, tracking_uri, identity)
     on_interrupt(f"the search is kept in {plan.experiment_dir}; continue it: {resume_command(plan)}")
-    logger = MlflowTrialLogger(tracking_uri, state["experiment_id"], state["parent_run_id"], plan.max_evals,
-                               _leading_params(plan)[:5], journal_folder(plan))
-    sheet_logger = ContactSheetLogger(
-        beside_results(plan) / SHEETS_FOLDER, objective(plan.settings.fid_n).key,
-        milestones(plan.grace_period, plan.reduction_factor, plan.max_evals), plan.max_evals,
-        _leading_params(plan)[:4], tracking_uri, state["parent_run_id"], plan.name)
+    logger, sheet_logger = _loggers(plan, tracking_uri, state)
 
-    from orchestrator.search.trainable import GanTrainable
-
-    trainable = tune.with_resources(
-        tune.with_parameters(GanTrainable, settings=plan.settings, data=data, reference=reference,
-                             real_ref=real_ref, fid_weights=weights),
-        {"cpu": plan.resources["cpu"], "gpu": plan.resources["gpu"]},
-    )
+    trainable = _trainable(plan, data, reference, real_ref)
     clock.lap("ray_start")
     started = time.time()
     stop = StopRequest(logger.mark_interrupted)
@@ -174,6 +155,56 @@ def run_search(plan: Plan) -> int:
     finally:
         if not plan.address:
             ray.shutdown()  # the local cluster this search started
+
+
+def _trainable(plan: Plan, data: CachedDataset, reference: FeatureStats, real_ref: RealReference) -> Any:
+    """The Tune trainable with what every trial shares put in Ray's object store once (the data, the
+    real side of the metrics, the run settings), and each trial's CPU and GPU share."""
+    from ray import tune
+
+    from orchestrator.search.trainable import GanTrainable
+
+    return tune.with_resources(
+        tune.with_parameters(GanTrainable, settings=plan.settings, data=data, reference=reference,
+                             real_ref=real_ref, fid_weights=plan.fid_weights),
+        {"cpu": plan.resources["cpu"], "gpu": plan.resources["gpu"]},
+    )
+
+
+def _real_side(
+    plan: Plan, clock: Clock
+) -> tuple[CachedDataset, InceptionExtractor, FeatureStats, RealReference]:
+    """The network, the decoded data and the real side of every metric, once, on the driver (its
+    GPU, when it has one): (data, extractor, reference statistics, real reference)."""
+    spec = datasets.spec_for(plan.settings)
+    extractor = load_inception(plan.fid_weights, device=resolve_device("auto"))  # fails before any data work
+    clock.lap("inception")
+    print_plan(plan)
+    data = datasets.prepare_dataset(spec, plan.settings.cache_dir)
+    datasets.check_fid_n(plan.settings.fid_n, len(data), spec.name)  # unreadable files skipped
+    clock.lap("data")
+    reference, real_ref = real_reference(
+        data.images, data.key, plan.settings.fid_n, extractor, plan.settings.cache_dir,
+        device=extractor.device,
+    )
+    clock.lap("reference")
+    return data, extractor, reference, real_ref
+
+
+def _loggers(
+    plan: Plan, tracking_uri: str, state: dict[str, Any]
+) -> tuple[MlflowTrialLogger, ContactSheetLogger]:
+    """The Tune callbacks: every trial's MLflow run, and the contact sheets kept as the search runs."""
+    from orchestrator.search.sheet_logger import ContactSheetLogger
+    from orchestrator.tracking.trial_logger import MlflowTrialLogger
+
+    logger = MlflowTrialLogger(tracking_uri, state["experiment_id"], state["parent_run_id"], plan.max_evals,
+                               _leading_params(plan)[:5], journal_folder(plan))
+    sheet_logger = ContactSheetLogger(
+        beside_results(plan) / SHEETS_FOLDER, objective(plan.settings.fid_n).key,
+        milestones(plan.grace_period, plan.reduction_factor, plan.max_evals), plan.max_evals,
+        _leading_params(plan)[:4], tracking_uri, state["parent_run_id"], plan.name)
+    return logger, sheet_logger
 
 
 def _start_ray(plan: Plan) -> None:
