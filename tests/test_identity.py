@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.search.cli import cli_main, parse_args
-from orchestrator.search.plan import SEARCH_RECORD_FILE, make_plan, search_identity, write_state
+from orchestrator.search.plan import make_plan
+from orchestrator.search.record import SEARCH_RECORD_FILE, SearchIdentity, SearchRecord, write_record
 
 SHAPES_SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "shapes.yaml"
 
@@ -26,8 +27,9 @@ def _started(storage: Path, argv: list[str]) -> None:
     """What a search started with ``argv`` leaves in its folder: the state file with its identity."""
     plan = make_plan(parse_args([*argv, "--storage", str(storage)]))
     Path(plan.experiment_dir).mkdir(parents=True)
-    write_state(plan, {"experiment_id": "1", "parent_run_id": "abc", "identity": search_identity(plan),
-                       "command": "python -m orchestrator.search " + " ".join(argv)})
+    write_record(plan, SearchRecord(experiment_id="1", parent_run_id="abc", tracking_uri="",
+                                    identity=SearchIdentity.of(plan).as_json(),
+                                    command="python -m orchestrator.search " + " ".join(argv)))
 
 
 @pytest.mark.parametrize("name", ["../../x", "a/b", "", " ", ".hidden", "-x", "x" * 200])
@@ -106,9 +108,30 @@ def test_a_state_file_that_is_not_json_is_one_line(
     assert f"cannot read {tmp_path / 's'}/{SEARCH_RECORD_FILE}" in err
 
 
+@pytest.mark.parametrize("text", ["[]", "{}", '{"parent_run_id": ""}', "null"])
+def test_a_state_file_that_is_not_a_search_record_is_one_line(
+    text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / SEARCH_RECORD_FILE).write_text(text)
+    code, err = _run(["shapes", "--name", "s", "--storage", str(tmp_path), "--resume"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"{tmp_path / 's'}/{SEARCH_RECORD_FILE} is damaged (not the record a search writes)" in err
+
+
+def test_a_record_written_before_identities_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / SEARCH_RECORD_FILE).write_text('{"experiment_id": "1", "parent_run_id": "abc"}')
+    argv = ["shapes", "--smoke-test", "--name", "s", "--storage", str(tmp_path), "--resume"]
+    assert _run(argv, capsys) == (0, "")
+    assert _run([*argv, "--seed", "7"], capsys) == (0, "")  # nothing recorded to compare against
+
+
 def test_identity_is_json_and_names_what_defines_a_search() -> None:
     plan = make_plan(parse_args(["shapes", "--smoke-test", "--gpus-per-trial", "0"]))
-    identity = search_identity(plan)
+    identity = SearchIdentity.of(plan).as_json()
     assert json.loads(json.dumps(identity)) == identity
     assert {"dataset", "resolution", "fid_n", "space_file_sha256", "seed", "num_samples", "max_evals",
             "cpus_per_trial", "gpus_per_trial"} <= set(identity)

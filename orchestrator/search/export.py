@@ -12,13 +12,14 @@ from typing import Any
 from orchestrator.errors import first_line
 from orchestrator.gan.checkpoints import load_generator
 from orchestrator.metrics.registry import Objective
+from orchestrator.search.record import SearchRecord
 from orchestrator.tracking.models import log_model, tag_model
 from orchestrator.tracking.store import unreachable_errors
 
 log = logging.getLogger(__name__)
 
 
-def log_best_model(results: Any, trial_id: str, run_id: str | None, state: dict[str, Any],
+def log_best_model(results: Any, trial_id: str, run_id: str | None, record: SearchRecord,
                    goal: Objective) -> str | None:
     """Log the best checkpoint (by ``goal``) of trial ``trial_id`` as an MLflow model on its run
     ``run_id`` and tag the parent run with the model's URI, which is returned. An unreachable
@@ -33,8 +34,8 @@ def log_best_model(results: Any, trial_id: str, run_id: str | None, state: dict[
     with checkpoint.as_directory() as folder:
         model = load_generator(Path(folder))
     try:
-        uri = log_model(model, state["tracking_uri"], run_id)
-        tag_model(state["tracking_uri"], run_id, state["parent_run_id"], uri)
+        uri = log_model(model, record.tracking_uri, run_id)
+        tag_model(record.tracking_uri, run_id, record.parent_run_id, uri)
     except unreachable_errors() as err:  # called only on an error
         log.warning("could not log the best generator as an MLflow model (%s); it is still in %s",
                     first_line(err), checkpoint.path)

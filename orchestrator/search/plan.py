@@ -1,13 +1,11 @@
 """A search's plan: the command line's arguments and the space file resolved into everything the
-search will do (``Plan``), checked without Ray; the search's state file beside Tune's, and the plan as
-printed for people."""
+search will do (``Plan``), checked without Ray, and the plan as printed for people. The record a
+search keeps beside Tune's state, and the checks a resume makes, are in ``record``."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import re
@@ -17,12 +15,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator.atomic import atomic_write, check_writable_folder
+from orchestrator.atomic import check_writable_folder
 from orchestrator.cli import run_settings
 from orchestrator.config import MAX_COUNT, RunSettings
 from orchestrator.errors import ConfigError, first_line
 from orchestrator.gan.placement import place
 from orchestrator.search.lock import LOCK_FILE
+from orchestrator.search.record import SEARCH_RECORD_FILE
 from orchestrator.space.sampling import (
     SearchSpace,
     describe,
@@ -36,7 +35,6 @@ from orchestrator.tracking.store import ARTIFACTS_FOLDER, STORE_FILE, check_stor
 
 log = logging.getLogger("orchestrator.search")
 
-SEARCH_RECORD_FILE = "orchestrator.json"  # beside Tune's experiment state: the MLflow ids of this search
 REMOTE_STORAGE = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss")  # pyarrow's file systems, as Tune reads them
 # an experiment name is one folder under --storage and one MLflow experiment
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -55,11 +53,8 @@ class Plan:
     """Everything the search will do, resolved from the arguments and the space file."""
 
     space: SearchSpace
-    settings: RunSettings
+    settings: RunSettings  # what every trial gets: its eval_every and fid_n are the budget's
     num_samples: int
-    max_evals: int
-    grace_period: int
-    reduction_factor: float
     max_concurrent: int
     max_failures: int
     resources: dict[str, float]
@@ -79,6 +74,19 @@ class Plan:
     @property
     def experiment_dir(self) -> str:
         return f"{self.storage.rstrip('/')}/{self.name}"
+
+    # ASHA's numbers have one home, the run's budget (``space.budget``, flags and the CPU budget applied)
+    @property
+    def max_evals(self) -> int:
+        return self.space.budget.max_evals
+
+    @property
+    def grace_period(self) -> int:
+        return self.space.budget.grace_period
+
+    @property
+    def reduction_factor(self) -> float:
+        return self.space.budget.reduction_factor
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -111,9 +119,6 @@ def make_plan(args: argparse.Namespace) -> Plan:
         space=dataclasses.replace(space, budget=budget),
         settings=settings,
         num_samples=args.num_samples or overlay.get("num_samples") or budget.num_samples or 16,
-        max_evals=budget.max_evals,
-        grace_period=budget.grace_period,
-        reduction_factor=budget.reduction_factor,
         max_concurrent=max_concurrent,
         max_failures=args.max_failures,
         resources={"cpu": cpus, "gpu": gpus},
@@ -279,26 +284,6 @@ def describe_precision(settings: RunSettings) -> str:
     return "bf16 (auto; fp16 with loss scaling on GPUs without native bf16)"
 
 
-def search_identity(plan: Plan) -> dict[str, Any]:
-    """What makes a search this search: its data, its space file, its budget, its seeds and its
-    resources. Recorded in the state file when it starts; a resume that differs would put two
-    searches' trials into one, so ``check_resumable`` refuses it. JSON types only."""
-    s = plan.settings
-    return {
-        "dataset": s.dataset, "data_root": str(s.data_root) if s.data_root else None,
-        "classes": list(s.classes) if s.classes else None, "limit": s.max_images, "resolution": s.resolution,
-        "space_file_sha256": hashlib.sha256(Path(plan.space.path).read_bytes()).hexdigest(),
-        "smoke_test": plan.smoke_weak_start, "num_samples": plan.num_samples, "max_evals": plan.max_evals,
-        "eval_every": s.eval_every, "fid_n": s.fid_n, "grace_period": plan.grace_period,
-        "reduction_factor": plan.reduction_factor, "seed": s.seed, "eval_seed": s.eval_seed,
-        "device": s.device, "precision": s.precision, "cpus_per_trial": plan.resources["cpu"],
-        "gpus_per_trial": plan.resources["gpu"], "max_concurrent": plan.max_concurrent,
-        "fid_weights": plan.fid_weights,
-        # where its runs and its study are: a resume elsewhere would not find them
-        "mlflow_uri": plan.tracking_uri, "study_storage": plan.study_storage,
-    }
-
-
 def check_outputs(plan: Plan) -> None:
     """Everything the search will write can be written: its folder, the data cache, the MLflow
     store and the Optuna study (what needs a server is contacted later, past the dry run)."""
@@ -368,47 +353,6 @@ def check_new(plan: Plan) -> None:
                           "choose another --name or --storage")
 
 
-def check_resumable(plan: Plan) -> None:
-    """``--resume`` continues the search it names, and only when this command is that search."""
-    if "://" not in plan.storage and not (Path(plan.experiment_dir) / SEARCH_RECORD_FILE).exists():
-        raise ConfigError(f"--resume: {plan.experiment_dir} holds no search to resume")
-    try:
-        state = read_state(plan)
-    except (OSError, ValueError) as err:  # unreadable, not JSON, not UTF-8
-        raise ConfigError(f"--resume: cannot read {plan.experiment_dir}/{SEARCH_RECORD_FILE}: "
-                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-    if not isinstance(state, dict) or not state.get("parent_run_id"):
-        record = f"{plan.experiment_dir}/{SEARCH_RECORD_FILE}"
-        raise ConfigError(f"--resume: {record} is damaged (not the record a search writes); the search "
-                          "cannot resume from it")
-    if "://" not in plan.storage:
-        _check_tune_state(Path(plan.experiment_dir))
-    started = state.get("identity")
-    if not isinstance(started, dict):
-        return  # written before searches recorded their identity: nothing to compare
-    now = json.loads(json.dumps(search_identity(plan)))
-    differ = [key for key in now if key in started and started[key] != now[key]]
-    if not differ:
-        return
-    key = differ[0]
-    what = (f"its space file {plan.space.path} has changed" if key == "space_file_sha256"
-            else f"it started with {key} {started[key]!r}, this command gives {now[key]!r}")
-    more = f" (and {', '.join(differ[1:])})" if len(differ) > 1 else ""
-    started_as = f"; it was started as: {state['command']}" if state.get("command") else ""
-    raise ConfigError(f"--resume: {plan.name} is not the same search: {what}{more}{started_as}")
-
-
-def _check_tune_state(folder: Path) -> None:
-    """Tune's saved experiment state parses: a damaged one would fail the resume with Tune's
-    traceback, after the data and the reference statistics."""
-    for path in sorted(folder.glob("experiment_state*.json")):
-        try:
-            json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON (truncated)
-            raise ConfigError(f"--resume: Tune's state {path} is damaged ({str(err).splitlines()[0]}); "
-                              "the search cannot resume from it") from None
-
-
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -416,25 +360,3 @@ def git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def write_state(plan: Plan, state: dict[str, Any]) -> None:
-    if "://" in plan.storage:
-        import pyarrow.fs as pafs
-
-        fs, path = pafs.FileSystem.from_uri(f"{plan.experiment_dir}/{SEARCH_RECORD_FILE}")
-        with fs.open_output_stream(path) as out:
-            out.write(json.dumps(state).encode())
-        return
-    text = json.dumps(state, indent=2).encode()
-    atomic_write(Path(plan.experiment_dir) / SEARCH_RECORD_FILE, lambda f: f.write(text))
-
-
-def read_state(plan: Plan) -> dict[str, Any]:
-    if "://" in plan.storage:
-        import pyarrow.fs as pafs
-
-        fs, path = pafs.FileSystem.from_uri(f"{plan.experiment_dir}/{SEARCH_RECORD_FILE}")
-        with fs.open_input_stream(path) as stream:
-            return json.loads(stream.read())
-    return json.loads((Path(plan.experiment_dir) / SEARCH_RECORD_FILE).read_text())

@@ -29,10 +29,8 @@ from orchestrator.search.plan import (
     git_commit,
     gpu_count,
     print_plan,
-    read_state,
-    search_identity,
-    write_state,
 )
+from orchestrator.search.record import SearchIdentity, SearchRecord, read_record, write_record
 from orchestrator.search.summary import beside_results, summarise
 from orchestrator.tracking import store
 
@@ -119,10 +117,11 @@ def run_search(plan: Plan) -> int:
     _wait_for_a_node(plan)
     tracking_uri = plan.tracking_uri or _local_tracking_uri(plan)
     client = store.connect(tracking_uri)
-    identity = {"data_key": data.key, "fid_network": extractor.name, "fid_reference_n": str(reference.n)}
-    state = _parent_run(plan, client, tracking_uri, identity)
+    # what the data and the FID's real side turned out to be: tagged on the parent run
+    measured = {"data_key": data.key, "fid_network": extractor.name, "fid_reference_n": str(reference.n)}
+    record = _parent_run(plan, client, tracking_uri, measured)
     on_interrupt(f"the search is kept in {plan.experiment_dir}; continue it: {resume_command(plan)}")
-    logger, sheet_logger = _loggers(plan, tracking_uri, state)
+    logger, sheet_logger = _loggers(plan, tracking_uri, record)
 
     trainable = _trainable(plan, data, reference, real_ref)
     clock.lap("ray_start")
@@ -141,7 +140,7 @@ def run_search(plan: Plan) -> int:
         clock.lap("trials")
         if (interrupted := stop.exception()) is not None:
             raise interrupted
-        code = summarise(plan, results, client, state, time.time() - started)
+        code = summarise(plan, results, client, record, time.time() - started)
         clock.lap("summary")
         _report_time(plan, clock.seconds)
         return code
@@ -149,7 +148,7 @@ def run_search(plan: Plan) -> int:
         # never left RUNNING by a search that died: KILLED on Ctrl-C, FAILED otherwise (--resume
         # goes on logging to it, and ends it FINISHED)
         with contextlib.suppress(Exception):
-            store.end_run(client, state["parent_run_id"], "KILLED" if isinstance(err, KeyboardInterrupt)
+            store.end_run(client, record.parent_run_id, "KILLED" if isinstance(err, KeyboardInterrupt)
                           else "FAILED")
         raise
     finally:
@@ -192,18 +191,18 @@ def _real_side(
 
 
 def _loggers(
-    plan: Plan, tracking_uri: str, state: dict[str, Any]
+    plan: Plan, tracking_uri: str, record: SearchRecord
 ) -> tuple[MlflowTrialLogger, ContactSheetLogger]:
     """The Tune callbacks: every trial's MLflow run, and the contact sheets kept as the search runs."""
     from orchestrator.search.sheet_logger import ContactSheetLogger
     from orchestrator.tracking.trial_logger import MlflowTrialLogger
 
-    logger = MlflowTrialLogger(tracking_uri, state["experiment_id"], state["parent_run_id"], plan.max_evals,
+    logger = MlflowTrialLogger(tracking_uri, record.experiment_id, record.parent_run_id, plan.max_evals,
                                _leading_params(plan)[:5], journal_folder(plan))
     sheet_logger = ContactSheetLogger(
         beside_results(plan) / SHEETS_FOLDER, objective(plan.settings.fid_n).key,
         milestones(plan.grace_period, plan.reduction_factor, plan.max_evals), plan.max_evals,
-        _leading_params(plan)[:4], tracking_uri, state["parent_run_id"], plan.name)
+        _leading_params(plan)[:4], tracking_uri, record.parent_run_id, plan.name)
     return logger, sheet_logger
 
 
@@ -314,9 +313,9 @@ def _local_tracking_uri(plan: Plan) -> str:
     return store.default_tracking_uri(Path(plan.experiment_dir))
 
 
-def _parent_run(plan: Plan, client: Any, uri: str, identity: dict[str, str]) -> dict[str, Any]:
+def _parent_run(plan: Plan, client: Any, uri: str, measured: dict[str, str]) -> SearchRecord:
     if plan.resume:
-        return read_state(plan)
+        return read_record(plan)
     # a server keeps the artifacts itself; with a database (or the sqlite file) they go beside the
     # results, where Tune's storage is (a folder here, or s3://... on a cluster)
     artifacts = f"{plan.experiment_dir}/{store.ARTIFACTS_FOLDER}"
@@ -324,30 +323,24 @@ def _parent_run(plan: Plan, client: Any, uri: str, identity: dict[str, str]) -> 
         artifacts if "://" in artifacts else Path(artifacts).resolve().as_uri())
     goal = objective(plan.settings.fid_n)
     experiment_id = store.ensure_experiment(client, plan.name, location, goal.best_key)
-    params = {
-        "dataset": plan.settings.dataset, "resolution": plan.settings.resolution,
-        "num_samples": plan.num_samples, "max_evals": plan.max_evals, "eval_every": plan.settings.eval_every,
-        "fid_n": plan.settings.fid_n, "grace_period": plan.grace_period,
-        "reduction_factor": plan.reduction_factor, "seed": plan.settings.seed,
-        "gpus_per_trial": plan.resources["gpu"], "cpus_per_trial": plan.resources["cpu"],
-        "max_concurrent": plan.max_concurrent, "precision": plan.settings.precision,
-        "argv": " ".join(plan.argv),
-        **identity,
-    }
+    identity = SearchIdentity.of(plan)
+    # the parent run's params: what defines the search, as the record holds it (MLflow keeps strings)
+    params = {**{k: v for k, v in identity.as_json().items() if v is not None}, "argv": " ".join(plan.argv),
+              **measured}
     tags = {"git_commit": git_commit(), "space_file": str(plan.space.path),
-            store.METRIC_TAG: goal.best_key, **identity}
+            store.METRIC_TAG: goal.best_key, **measured}
     run_id = store.start_parent_run(client, experiment_id, plan.name, params, tags)
     try:
         store.log_file(client, run_id, plan.space.path, "search")
-        state = {"experiment_id": experiment_id, "parent_run_id": run_id, "tracking_uri": uri,
-                 "identity": search_identity(plan),
-                 "command": "python -m orchestrator.search " + shlex.join(plan.argv)}
-        write_state(plan, state)
+        record = SearchRecord(experiment_id=experiment_id, parent_run_id=run_id, tracking_uri=uri,
+                              identity=identity.as_json(),
+                              command="python -m orchestrator.search " + shlex.join(plan.argv))
+        write_record(plan, record)
     except BaseException:  # the artifact store refused the space file: never a run left RUNNING
         with contextlib.suppress(Exception):
             store.end_run(client, run_id, "FAILED")
         raise
-    return state
+    return record
 
 
 def _tune_config(plan: Plan) -> Any:

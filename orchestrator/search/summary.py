@@ -13,6 +13,7 @@ import pandas as pd
 from orchestrator.metrics.health import FAILED
 from orchestrator.metrics.registry import objective
 from orchestrator.search.plan import SMOKE_NOTE, Plan
+from orchestrator.search.record import SearchRecord
 from orchestrator.space.schema import walk_params
 from orchestrator.tracking import store
 from orchestrator.views.report_page import PLOTS_FOLDER, results_table
@@ -25,15 +26,15 @@ def beside_results(plan: Plan) -> Path:
 
 
 
-def summarise(plan: Plan, results: Any, client: Any, state: dict[str, Any], wall: float) -> int:
+def summarise(plan: Plan, results: Any, client: Any, record: SearchRecord, wall: float) -> int:
     goal = objective(plan.settings.fid_n)
     key = goal.key
     table = results_table(results, goal, plan.max_evals)
     trial_ids = set(table["trial_id"].astype(str))
-    store.mark_lost_runs(client, state["experiment_id"], state["parent_run_id"], trial_ids)
+    store.mark_lost_runs(client, record.experiment_id, record.parent_run_id, trial_ids)
     csv = beside_results(plan) / "results.csv"
     table.to_csv(csv, index=False)
-    parent = state["parent_run_id"]
+    parent = record.parent_run_id
     store.log_file(client, parent, csv)
     counts = table["outcome"].value_counts().to_dict()
     device_hours = table["seconds"].sum() / 3600 * (plan.resources["gpu"] or plan.resources["cpu"])
@@ -53,12 +54,12 @@ def summarise(plan: Plan, results: Any, client: Any, state: dict[str, Any], wall
     _log_search_plots(plan, results, table, client, parent)
     report = _write_report(plan, table, client, parent)
     best = finite.iloc[0]
-    best_run = store.trial_run_id(client, state["experiment_id"], str(best["trial_id"]))
+    best_run = store.trial_run_id(client, record.experiment_id, str(best["trial_id"]))
     store.set_tags(client, parent, {"best_trial": str(best["trial_id"]), "best_run_id": best_run or "",
                                     f"best_{key}": f"{best[f'best_{key}']:.4f}"})
     from orchestrator.search.export import log_best_model
 
-    log_best_model(results, str(best["trial_id"]), best_run, state, goal)
+    log_best_model(results, str(best["trial_id"]), best_run, record, goal)
     config: dict[str, Any] = next(
         (r.config for r in results if (r.metrics or {}).get("trial_id") == best["trial_id"]), {}
     )
@@ -68,7 +69,7 @@ def summarise(plan: Plan, results: Any, client: Any, state: dict[str, Any], wall
     print(f"  MLflow: parent run {parent}, trial run {best_run}")
     print(f"  results table: {csv}")
     print(f"  report with every trial's samples, quality against cost and the contact sheets: {report}")
-    print(f"  view: {store.view_command(state['tracking_uri'])}")
+    print(f"  view: {store.view_command(record.tracking_uri)}")
     if plan.smoke_test:
         print(SMOKE_NOTE)
     store.end_run(client, parent)
