@@ -28,16 +28,6 @@ VANISHING_LOSSES = "vanishing_losses"
 MODE_COLLAPSE = "mode_collapse"
 FAILURE_MODES = (DIVERGED, DISCRIMINATOR_WINS, VANISHING_LOSSES, MODE_COLLAPSE)
 
-# a trial's outcome in a search: its MLflow tag, the results table's column, the plots' legend
-COMPLETED, STOPPED, FAILED, LOST = "completed", "stopped_early", "failed", "lost"
-INTERRUPTED = "interrupted"  # running when the search was stopped (Ctrl-C, SIGTERM): --resume goes on
-
-
-def outcome(failed: bool, evals: int, max_evals: int) -> str:
-    """Failed (a detector or an error), completed (the whole budget), else stopped early (ASHA)."""
-    return FAILED if failed else COMPLETED if evals >= max_evals else STOPPED
-
-
 @dataclass(frozen=True)
 class Verdict:
     mode: str  # one of FAILURE_MODES

@@ -14,10 +14,10 @@ from typing import Any
 from mlflow import MlflowClient
 from ray import tune
 
-from orchestrator.metrics.health import FAILED, outcome
 from orchestrator.metrics.registry import GROUND_TRUTH
 from orchestrator.tracking.store import unreachable_errors
 from orchestrator.tracking.trial_logger import read_checkpoint_file, read_checkpoint_json
+from orchestrator.trial_report import EVALS, ended_as
 from orchestrator.views import sheets
 
 log = logging.getLogger(__name__)
@@ -61,12 +61,11 @@ class ContactSheetLogger(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
-        evals = int(result.get("training_iteration", 0))
-        ended = outcome(bool(result.get("failure")), evals, self.max_evals)
-        self._end(trial, ended, str(result.get("failure_mode") or ""), evals)
+        self._end(trial, *ended_as(result, self.max_evals), int(result.get(EVALS, 0)))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._end(trial, FAILED, "error", int((trial.last_result or {}).get("training_iteration", 0)))
+        result = trial.last_result or {}
+        self._end(trial, *ended_as(result, self.max_evals, errored=True), int(result.get(EVALS, 0)))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self._refresh(force=True)

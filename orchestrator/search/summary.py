@@ -10,12 +10,12 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator.metrics.health import FAILED
 from orchestrator.metrics.registry import objective
 from orchestrator.search.plan import SMOKE_NOTE, Plan
 from orchestrator.search.record import SearchRecord
 from orchestrator.space.schema import walk_params
 from orchestrator.tracking import store
+from orchestrator.trial_report import COMPLETED, FAILED, FAILURE_MODE, STOPPED
 from orchestrator.views.report_page import PLOTS_FOLDER, results_table
 
 
@@ -39,10 +39,10 @@ def summarise(plan: Plan, results: Any, client: Any, record: SearchRecord, wall:
     counts = table["outcome"].value_counts().to_dict()
     device_hours = table["seconds"].sum() / 3600 * (plan.resources["gpu"] or plan.resources["cpu"])
     unit = "GPU" if plan.resources["gpu"] else "CPU"
-    print(f"\nsearch {plan.name}: {len(table)} trials: {counts.get('completed', 0)} completed, "
-          f"{counts.get('stopped_early', 0)} stopped early, {counts.get('failed', 0)} failed; "
+    print(f"\nsearch {plan.name}: {len(table)} trials: {counts.get(COMPLETED, 0)} completed, "
+          f"{counts.get(STOPPED, 0)} stopped early, {counts.get(FAILED, 0)} failed; "
           f"{device_hours:.3f} {unit}-hours in {wall / 60:.1f} min")
-    modes = table.loc[table["failure_mode"] != "", "failure_mode"].value_counts().to_dict()
+    modes = table.loc[table[FAILURE_MODE] != "", FAILURE_MODE].value_counts().to_dict()
     if modes:
         print("  failures: " + ", ".join(f"{n} {mode}" for mode, n in modes.items()))
     # a failed trial never wins, even if its FID was good before it collapsed

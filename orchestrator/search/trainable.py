@@ -20,6 +20,7 @@ import torch
 from ray import tune
 from ray.tune.result import DONE
 
+from orchestrator import trial_report as keys
 from orchestrator.config import RunSettings, TrialConfig
 from orchestrator.data.dataset import CachedDataset
 from orchestrator.errors import TrainingDiverged
@@ -75,7 +76,7 @@ class GanTrainable(tune.Trainable):
         self._build(config)
         # where a trial's time goes besides training and evaluating (bench/smoke_breakdown.py):
         # this actor's set-up, reported once, and the checkpoints saved since the last report
-        self.overhead = {"setup_seconds": time.perf_counter() - setup_start, "checkpoint_seconds": 0.0}
+        self.overhead = {keys.SETUP_SECONDS: time.perf_counter() - setup_start, keys.CHECKPOINT_SECONDS: 0.0}
 
     def _build(self, config: dict[str, Any]) -> None:
         trial_config = TrialConfig.from_dict(config, source=f"trial {self.trial_id}")
@@ -102,23 +103,22 @@ class GanTrainable(tune.Trainable):
         return self._report(metrics, found, reason=found.describe() if found else "")
 
     def _report(self, metrics: dict[str, float], verdict: Verdict | None, reason: str) -> dict[str, Any]:
-        report: dict[str, Any] = {
+        report: dict[str, Any] = {  # the keys: orchestrator/trial_report.py
             **metrics,
-            "step": self.runner.step,
-            "started_at": self.started_at,
-            "reported_at": time.time(),
-            "node_id": self.node_id,
-            "node_ip": self.node_ip,
-            "device": str(self.placement.device),
-            # not "precision": that key is the k-NN precision metric of the same report
-            "compute_precision": self.placement.precision,
-            "diverged": int(verdict is not None and verdict.mode == DIVERGED),
-            "failure": reason,
-            "failure_mode": verdict.mode if verdict else "",
-            "evidence": dict(verdict.evidence) if verdict else {},
+            keys.STEP: self.runner.step,
+            keys.STARTED_AT: self.started_at,
+            keys.REPORTED_AT: time.time(),
+            keys.NODE_ID: self.node_id,
+            keys.NODE_IP: self.node_ip,
+            keys.DEVICE: str(self.placement.device),
+            keys.COMPUTE_PRECISION: self.placement.precision,
+            keys.DIVERGED_FLAG: int(verdict is not None and verdict.mode == DIVERGED),
+            keys.FAILURE: reason,
+            keys.FAILURE_MODE: verdict.mode if verdict else "",
+            keys.EVIDENCE: dict(verdict.evidence) if verdict else {},
             **self.overhead,
         }
-        self.overhead = {"setup_seconds": 0.0, "checkpoint_seconds": 0.0}
+        self.overhead = {keys.SETUP_SECONDS: 0.0, keys.CHECKPOINT_SECONDS: 0.0}
         if verdict is not None:
             report[DONE] = True  # a dead trial stops now, whatever ASHA would decide later
         self.last_report = report
@@ -131,11 +131,13 @@ class GanTrainable(tune.Trainable):
         save_generator(self.runner.state, folder / GENERATOR_FILE)
         save_png(self.runner.grid(), folder / GRID_FILE)
         if self.runner.history:
+            # drawn here, not on the driver: the history of every logged step is the worker's, and a
+            # driver of hundreds of trials would spend its loop drawing two figures per result
             history = pd.DataFrame(self.runner.history)
             loss_curves(history, folder / CURVE_FILES[0])
             metric_curves(history, self.runner.objective.key, folder / CURVE_FILES[1])
         (folder / REPORT_FILE).write_text(json.dumps(self.last_report, default=float))
-        self.overhead["checkpoint_seconds"] += time.perf_counter() - start
+        self.overhead[keys.CHECKPOINT_SECONDS] += time.perf_counter() - start
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:  # type: ignore[override]
         self.runner.restore(Path(checkpoint_dir) / STATE_FILE)

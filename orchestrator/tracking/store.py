@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 from orchestrator.atomic import check_writable_folder
 from orchestrator.errors import ConfigError, first_line
-from orchestrator.metrics.health import FAILED, LOST
+from orchestrator.trial_report import FAILED, FAILURE_MODE, LOST
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -262,7 +262,7 @@ def mark_lost_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,
     lost = [r for r in client.search_runs([experiment_id], filter_string=query)
             if r.data.tags.get(TRIAL_TAG) not in trial_ids and "outcome" not in r.data.tags]
     for run in lost:
-        client.set_tag(run.info.run_id, "outcome", LOST)
+        client.set_tag(run.info.run_id, "outcome", LOST.value)
         client.set_tag(run.info.run_id, "failure_reason", "the driver stopped before Tune saved this trial")
         client.set_terminated(run.info.run_id, "KILLED")
     return len(lost)
@@ -349,7 +349,7 @@ def _row(client: MlflowClient, run: Any, key: str) -> dict[str, Any]:
     return {
         "trial_id": tags.get(TRIAL_TAG, ""),
         "outcome": tags.get("outcome", "running"),
-        "failure_mode": tags.get("failure_mode", "") if tags.get("outcome") == FAILED else "",
+        FAILURE_MODE: tags.get(FAILURE_MODE, "") if tags.get("outcome") == FAILED else "",
         f"best_{key}": best if best < 1e300 else math.inf,  # stores keep inf as the largest double
         **_at_best(client, run, fids),
         "evals": len(fids),

@@ -27,7 +27,6 @@ from PIL import Image
 from ray import tune
 
 from orchestrator.config import TrialConfig
-from orchestrator.metrics.health import FAILED, INTERRUPTED, outcome
 from orchestrator.tracking.journal import Entry, Journal
 from orchestrator.tracking.store import (
     CHECKPOINT_FOLDER,
@@ -36,6 +35,20 @@ from orchestrator.tracking.store import (
     ROLE_TAG,
     TRIAL_TAG,
     unreachable_errors,
+)
+from orchestrator.trial_report import (
+    EVALS,
+    EVIDENCE,
+    FAILED,
+    FAILURE,
+    FAILURE_MODE,
+    INTERRUPTED,
+    NOT_METRICS,
+    PLACEMENT,
+    STARTED_AT,
+    STEP,
+    ended_as,
+    failure_mode,
 )
 
 log = logging.getLogger(__name__)
@@ -90,8 +103,8 @@ class MlflowTrialLogger(tune.Callback):
     # --- what Tune reports becomes journal entries
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if result.get("started_at"):  # Tune calls back before trial.last_result holds this result
-            self._started.setdefault(trial.trial_id, float(result["started_at"]))
+        if result.get(STARTED_AT):  # Tune calls back before trial.last_result holds this result
+            self._started.setdefault(trial.trial_id, float(result[STARTED_AT]))
         self._submit(self._entry(trial, "result", result_data(result, self._started.get(trial.trial_id))))
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
@@ -114,9 +127,8 @@ class MlflowTrialLogger(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended.add(trial.trial_id)
-        result = trial.last_result or {}
-        ended = outcome(bool(result.get("failure")), result.get("training_iteration", 0), self.max_evals)
-        self._submit(self._entry(trial, "tags", {"tags": {"outcome": ended}}))
+        ended, _ = ended_as(trial.last_result or {}, self.max_evals)
+        self._submit(self._entry(trial, "tags", {"tags": {"outcome": ended.value}}))
         if trial.checkpoint is not None:
             self._submit(self._entry(trial, "model", {"checkpoint": trial.checkpoint.path}))
         self._submit(self._entry(trial, "end", {"status": "FAILED" if ended == FAILED else "FINISHED"}))
@@ -124,7 +136,7 @@ class MlflowTrialLogger(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended.add(trial.trial_id)
         reason = (getattr(trial, "error_message", None) or "error").strip().splitlines()
-        tags = {"outcome": FAILED, "failure_reason": reason[-1][:5000] if reason else "error"}
+        tags = {"outcome": FAILED.value, "failure_reason": reason[-1][:5000] if reason else "error"}
         self._submit(self._entry(trial, "tags", {"tags": tags}))
         self._submit(self._entry(trial, "end", {"status": "FAILED"}))
 
@@ -144,7 +156,7 @@ class MlflowTrialLogger(tune.Callback):
         # continues them
         for trial in trials:
             if self._interrupted and trial.trial_id in self._runs and not self._ended_before(trial):
-                self._submit(self._entry(trial, "tags", {"tags": {"outcome": INTERRUPTED}}))
+                self._submit(self._entry(trial, "tags", {"tags": {"outcome": INTERRUPTED.value}}))
                 self._submit(self._entry(trial, "end", {"status": "KILLED"}))
         for _ in range(FINAL_RETRIES):
             self._drain()
@@ -271,11 +283,10 @@ class MlflowTrialLogger(tune.Callback):
                     image = {"step": step, "curves": []}
                     self.journal.append(self._entry(trial, "image", image, {"grid": grid}))
             if trial.status in ("TERMINATED", "ERROR") and not self._has_outcome(trial.trial_id):
-                last = rows[-1]
-                failed = trial.status == "ERROR" or bool(last.get("failure"))
-                ended = outcome(failed, int(last.get("training_iteration", 0)), self.max_evals)
-                self.journal.append(self._entry(trial, "tags", {"tags": {"outcome": ended}}))
-                self.journal.append(self._entry(trial, "end", {"status": "FAILED" if failed else "FINISHED"}))
+                ended, _ = ended_as(rows[-1], self.max_evals, errored=trial.status == "ERROR")
+                self.journal.append(self._entry(trial, "tags", {"tags": {"outcome": ended.value}}))
+                status = "FAILED" if ended == FAILED else "FINISHED"
+                self.journal.append(self._entry(trial, "end", {"status": status}))
         self._drain()
 
     def _ended_before(self, trial: Any) -> bool:
@@ -295,10 +306,6 @@ class MlflowTrialLogger(tune.Callback):
         return "outcome" in self.client.get_run(self._runs[trial_id]).data.tags
 
 
-# where the trial last ran, and in which number format (the trainable reports them)
-PLACEMENT_TAGS = ("node_ip", "node_id", "device", "compute_precision")
-
-
 def run_name(trial_id: str, config: Mapping[str, Any], keys: Sequence[str]) -> str:
     """What the MLflow UI lists a trial's run as: its id and the hyperparameters that tell it from
     the others (``ed22e021 bce lr_g 2e-04 lr_d 2e-04 ngf 64``), not Tune's ``GanTrainable_ed22e021``."""
@@ -308,14 +315,14 @@ def run_name(trial_id: str, config: Mapping[str, Any], keys: Sequence[str]) -> s
 
 def result_data(result: Mapping[str, Any], started: float | None) -> dict[str, Any]:
     """A result as a journal entry's data: its metrics at its step, and its tags."""
-    step, now = int(result.get("step", 0)), int(time.time() * 1000)
+    step, now = int(result.get(STEP, 0)), int(time.time() * 1000)
     metrics = [[key, float(value), now, step] for key, value in result.items()
                if isinstance(value, (int, float)) and not isinstance(value, bool) and _is_metric(key)]
-    tags = {key: str(result[key]) for key in PLACEMENT_TAGS if result.get(key)}
-    if result.get("failure"):
-        tags |= {"outcome": FAILED, "failure_reason": str(result["failure"]),
-                 "failure_mode": str(result.get("failure_mode") or "diverged")}
-        evidence = result.get("evidence") or {}
+    tags = {key: str(result[key]) for key in PLACEMENT if result.get(key)}  # where it last ran, in what
+    if result.get(FAILURE):
+        tags |= {"outcome": FAILED.value, "failure_reason": str(result[FAILURE]),
+                 FAILURE_MODE: failure_mode(result)}
+        evidence = result.get(EVIDENCE) or {}
         tags.update({f"evidence.{k}": f"{v:.6g}" for k, v in evidence.items()})
     return {"step": step, "metrics": metrics, "tags": tags, "started": started}
 
@@ -360,10 +367,9 @@ def _short(value: Any) -> str:
 
 
 def _is_metric(key: str) -> bool:
-    skip = {"done", "training_iteration", "timesteps_total", "episodes_total", "pid", "timestamp",
-            "time_since_restore", "iterations_since_restore", "timesteps_since_restore", "diverged",
-            "started_at", "reported_at"}
-    return key not in skip and not key.startswith("config")
+    tune = {"done", EVALS, "timesteps_total", "episodes_total", "pid", "timestamp", "time_since_restore",
+            "iterations_since_restore", "timesteps_since_restore"}
+    return key not in tune and key not in NOT_METRICS and not key.startswith("config")
 
 
 def read_checkpoint_file(checkpoint: Any, name: str) -> bytes | None:

@@ -27,7 +27,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from orchestrator.metrics.health import FAILED, STOPPED
+from orchestrator.trial_report import FAILED, STOPPED
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,19 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.atomic import atomic_write
-from orchestrator.metrics.health import FAILED, outcome
 from orchestrator.metrics.registry import GROUND_TRUTH, Objective
+from orchestrator.trial_report import (
+    COMPLETED,
+    EVALS,
+    FAILED,
+    FAILURE,
+    FAILURE_MODE,
+    REPORTED_AT,
+    STARTED_AT,
+    STEP,
+    STOPPED,
+    ended_as,
+)
 from orchestrator.views import sheets, tradeoff
 
 NUMBER = "{:.4g}".format
@@ -68,7 +79,7 @@ def _ranked(trials: Trials) -> pd.DataFrame:
     report = pd.DataFrame({
         "trial": table["trial_id"].astype(str),
         "outcome": table["outcome"],
-        "failure_mode": table["failure_mode"].fillna("").astype(str),
+        FAILURE_MODE: table[FAILURE_MODE].fillna("").astype(str),
         fid: table[fid].astype(float),
         # shapes: what the best evaluation's samples are, read by the exact decoder
         **{key: table[key].astype(float) for key in GROUND_TRUTH if key in table},
@@ -85,14 +96,16 @@ def _ranked(trials: Trials) -> pd.DataFrame:
 
 
 def _shown(ranked: pd.DataFrame) -> pd.DataFrame:
-    modes = ranked["failure_mode"]
+    modes = ranked[FAILURE_MODE]
     outcome = ranked["outcome"].where(modes == "", ranked["outcome"] + " (" + modes + ")")
-    return ranked.assign(outcome=outcome).drop(columns="failure_mode")
+    return ranked.assign(outcome=outcome).drop(columns=FAILURE_MODE)
 
 
-def pick_line(trials: Trials) -> str:
-    """The trial quality against cost recommends, in a sentence (empty when there is no choice)."""
-    return tradeoff.describe_pick(_ranked(trials), f"best_{trials.goal.key}", trials.cost, trials.unit,
+def pick_line(trials: Trials, ranked: pd.DataFrame | None = None) -> str:
+    """The trial quality against cost recommends, in a sentence (empty when there is no choice);
+    ``ranked``: the trials as ``_ranked`` ordered them, when the caller has them already."""
+    ranked = _ranked(trials) if ranked is None else ranked
+    return tradeoff.describe_pick(ranked, f"best_{trials.goal.key}", trials.cost, trials.unit,
                                   trials.goal.mode) or ""
 
 
@@ -103,7 +116,7 @@ def write_report(trials: Trials, prefix: Path) -> pd.DataFrame:
     plot = tradeoff.quality_vs_cost(ranked, f"best_{trials.goal.key}", trials.cost, trials.unit,
                                     prefix.with_name(f"{prefix.name}-{QUALITY_VS_COST}"), trials.goal.mode)
     report.to_csv(prefix.with_name(prefix.name + ".csv"), index=False)
-    pick = pick_line(trials)
+    pick = pick_line(trials, ranked)
     lines = [headline(trials, ranked), *([pick] if pick else [])]
     figures = {"quality against cost": plot.read_bytes(), **trials.figures}
     page = _page(trials, report, lines, figures)
@@ -114,8 +127,8 @@ def write_report(trials: Trials, prefix: Path) -> pd.DataFrame:
 def headline(trials: Trials, ranked: pd.DataFrame) -> str:
     counts = ranked["outcome"].value_counts().to_dict()
     hours = ranked[trials.cost].sum() / 3600
-    return (f"search {trials.name}: {len(ranked)} trials: {counts.get('completed', 0)} completed, "
-            f"{counts.get('stopped_early', 0)} stopped early, {counts.get(FAILED, 0)} failed; "
+    return (f"search {trials.name}: {len(ranked)} trials: {counts.get(COMPLETED, 0)} completed, "
+            f"{counts.get(STOPPED, 0)} stopped early, {counts.get(FAILED, 0)} failed; "
             f"{hours:.3g} {trials.unit}-hours; ranked on {trials.goal.best_key}")
 
 
@@ -200,19 +213,17 @@ def results_table(results: Any, goal: Objective, max_evals: int) -> pd.DataFrame
         fids = history[key] if history is not None and key in history else pd.Series(dtype=float)
         at_best = _at_best(history, fids, goal)
         last = result.metrics or {}
-        evals = int(last.get("training_iteration", 0))
-        mode = last.get("failure_mode") or ("error" if result.error else "")
+        ended, mode = ended_as(last, max_evals, errored=bool(result.error))
         rows.append({
-            "trial_id": last.get("trial_id", ""), "outcome": outcome(bool(mode), evals, max_evals),
-            "failure_mode": mode,
+            "trial_id": last.get("trial_id", ""), "outcome": ended.value, FAILURE_MODE: mode,
             f"best_{key}": goal.best(fids),
             f"last_{key}": float(fids.iloc[-1]) if len(fids) else goal.worst,
             **at_best,
-            "evals": evals, "steps": int(last.get("step", 0)),
+            "evals": int(last.get(EVALS, 0)), "steps": int(last.get(STEP, 0)),
             "seconds": float(last.get("time_total_s", 0.0)),
-            "started": float(last.get("started_at", math.nan)),
-            "ended": float(last.get("reported_at", math.nan)),
-            "failure": last.get("failure", "") or (str(result.error).splitlines()[0] if result.error else ""),
+            "started": float(last.get(STARTED_AT, math.nan)),
+            "ended": float(last.get(REPORTED_AT, math.nan)),
+            "failure": last.get(FAILURE, "") or (str(result.error).splitlines()[0] if result.error else ""),
             **{f"config/{k}": v for k, v in (result.config or {}).items()},
             "path": result.path,
         })

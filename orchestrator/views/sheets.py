@@ -28,13 +28,13 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from orchestrator.atomic import atomic_write
-from orchestrator.metrics.health import COMPLETED, FAILED, STOPPED
+from orchestrator.trial_report import COMPLETED, FAILED, STOPPED
 from orchestrator.views.plots import CUT, save
 
 FRAMES, INDEX, CARD = "frames", "index.json", "card.json"
 PAGE, COLUMNS = 16, 4  # cells a page: a sheet of 64 trials is four pages a person can still read
 RUNNING = "running"
-BORDER = {COMPLETED: "tab:green", STOPPED: "tab:orange", FAILED: CUT}  # where a trial ended
+BORDER: dict[str, str] = {COMPLETED: "tab:green", STOPPED: "tab:orange", FAILED: CUT}  # where a trial ended
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from orchestrator.metrics.health import FAILED, STOPPED
+from orchestrator.trial_report import FAILED, STOPPED
 from orchestrator.views.plots import CUT, WIDE, save
 
 NEAR = 0.10  # "within 10% of the best FID"
