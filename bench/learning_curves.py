@@ -124,9 +124,9 @@ def train_run(plan: Plan, run: Run, done: int, table_path: str, work: str, threa
 
     from orchestrator.data import dataset as datasets
     from orchestrator.errors import TrainingDiverged
-    from orchestrator.metrics.diversity import real_reference
     from orchestrator.metrics.health import DIVERGED
     from orchestrator.metrics.inception import load_inception
+    from orchestrator.metrics.reference import RealImages
     from orchestrator.trial import TrialRunner
 
     torch.set_num_threads(threads)
@@ -134,8 +134,8 @@ def train_run(plan: Plan, run: Run, done: int, table_path: str, work: str, threa
     settings = dataclasses.replace(plan.settings, seed=run.seed)
     data = datasets.prepare_dataset(datasets.spec_for(settings), settings.cache_dir, progress=False)
     extractor = load_inception(plan.fid_weights, device=settings.device)
-    reference, real_ref = real_reference(data.images, data.key, settings.fid_n, extractor,
-                                         settings.cache_dir, progress=False, device=extractor.device)
+    real = RealImages(data.images, data.key, settings.fid_n, extractor, settings.cache_dir, progress=False)
+    reference, real_ref = real.reference(device=extractor.device)
     config = plan.space.trial_config(run.config)
     runner = TrialRunner(config, settings, data, reference, extractor, extractor.device, real_ref)
     checkpoint = Path(work) / f"{run.run}.pt"
@@ -200,13 +200,13 @@ def record(plan: Plan, runs: list[Run], path: Path, work: Path) -> None:
 def prepare(plan: Plan) -> None:
     """The decoded data and the reference statistics, once, here: the workers read them cached."""
     from orchestrator.data import dataset as datasets
-    from orchestrator.metrics.diversity import real_reference
     from orchestrator.metrics.inception import load_inception
+    from orchestrator.metrics.reference import RealImages
 
     data = datasets.prepare_dataset(datasets.spec_for(plan.settings), plan.settings.cache_dir)
     extractor = load_inception(plan.fid_weights, device=plan.settings.device)
-    real_reference(data.images, data.key, plan.settings.fid_n, extractor, plan.settings.cache_dir,
-                   device=extractor.device)
+    RealImages(data.images, data.key, plan.settings.fid_n, extractor, plan.settings.cache_dir).reference(
+        device=extractor.device)
 
 
 def work_folder(plan: Plan, path: Path) -> Path:

@@ -12,6 +12,7 @@ import orchestrator.startup  # noqa: F401  first: a signal while the imports loa
 
 # isort: split
 import argparse
+import functools
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +31,7 @@ from orchestrator.gan.placement import resolve_device
 from orchestrator.metrics.frechet import FeatureStats, extract_stats, fid, metric_name
 from orchestrator.metrics.frechet import select as select_images
 from orchestrator.metrics.inception import DIMS, FeatureExtractor, load_inception
-from orchestrator.metrics.reference import reference_stats
+from orchestrator.metrics.reference import RealImages
 from orchestrator.space.sampling import for_this_machine, load_space, space_path
 
 if TYPE_CHECKING:
@@ -148,9 +149,8 @@ def dataset_stats(name: str, args: argparse.Namespace, extractor: FeatureExtract
 
     cache = args.cache_dir or default_cache_dir()
     dataset = prepare_dataset(_spec(name, args), cache, progress=True)
-    return reference_stats(
-        dataset.images, dataset.key, _as_searched(name, args)[1], extractor, cache, batch_size=args.batch_size
-    )
+    n = _as_searched(name, args)[1]
+    return RealImages(dataset.images, dataset.key, n, extractor, cache, batch_size=args.batch_size).stats()
 
 
 def _as_searched(name: str, args: argparse.Namespace) -> tuple[int, int]:
@@ -160,11 +160,15 @@ def _as_searched(name: str, args: argparse.Namespace) -> tuple[int, int]:
 
     resolution, n = args.resolution, args.n
     if not name.startswith(FOLDER_PREFIX):  # a folder dataset has no space file: the defaults
-        on_cpu = resolve_device(args.device).type == "cpu"
-        space, machine = for_this_machine(load_space(space_path(name)), on_cpu)
-        resolution = resolution or space.resolution
-        n = n or machine.get("fid_n") or space.budget.fid_n
+        searched = _space_defaults(name, resolve_device(args.device).type == "cpu")
+        resolution, n = resolution or searched[0], n or searched[1]
     return resolution or RunSettings().resolution, n or RunSettings().fid_n
+
+
+@functools.cache  # asked for the spec, the check and the statistics: the space file is read once
+def _space_defaults(name: str, on_cpu: bool) -> tuple[int, int]:
+    space, machine = for_this_machine(load_space(space_path(name)), on_cpu)
+    return space.resolution, machine.get("fid_n") or space.budget.fid_n
 
 
 def _spec(name: str, args: argparse.Namespace) -> DataSpec:

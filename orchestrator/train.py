@@ -37,8 +37,8 @@ from orchestrator.errors import ConfigError, TrainingDiverged
 from orchestrator.gan.checkpoints import GENERATOR_FILE, GRID_FILE, STATE_FILE, TRIAL_FILE
 from orchestrator.gan.placement import place, resolve_device
 from orchestrator.images import save_png
-from orchestrator.metrics.diversity import real_reference
 from orchestrator.metrics.inception import load_inception
+from orchestrator.metrics.reference import RealImages
 from orchestrator.space.sampling import for_this_machine, load_space, space_path
 from orchestrator.trial import TrialRunner, format_report
 
@@ -100,9 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     data = datasets.prepare_dataset(spec, settings.cache_dir)
     datasets.check_fid_n(settings.fid_n, len(data), spec.name)  # unreadable files skipped
-    reference, real_ref = real_reference(
-        data.images, data.key, settings.fid_n, extractor, settings.cache_dir, device=device
-    )
+    real = RealImages(data.images, data.key, settings.fid_n, extractor, settings.cache_dir)
+    reference, real_ref = real.reference(device=device)
     steps_per_epoch = max(1, len(data) // (config.batch_size * config.n_critic))
     total = args.steps or math.ceil((args.epochs or 5) * steps_per_epoch)
     eval_every = min(settings.eval_every, total)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from orchestrator.metrics import diversity
+from orchestrator.metrics import reference as reference_module
 from orchestrator.metrics.diversity import (
     DIVERSITY_KEYS,
     RealReference,
@@ -23,8 +24,8 @@ from orchestrator.metrics.diversity import (
     ndb_bins,
     ndb_k,
     proportion_z,
-    real_reference,
 )
+from orchestrator.metrics.reference import RealImages
 
 
 def gaussian(n: int, dims: int, seed: int, shift: float = 0.0) -> torch.Tensor:
@@ -199,14 +200,14 @@ def test_real_reference_is_cached_and_keyed(tmp_path, monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(diversity, "kmeans", counted)
     net = PixelExtractor()
-    stats, ref = real_reference(images, "toy", 250, net, tmp_path, max_keep=200, progress=False)
+    stats, ref = RealImages(images, "toy", 250, net, tmp_path, progress=False).reference(max_keep=200)
     assert (stats.n, net.seen, fits, ref.features.shape) == (250, 250, [20], (200, 8))  # one pass, one fit
-    stats, again = real_reference(images, "toy", 250, net, tmp_path, max_keep=200, progress=False)
+    stats, again = RealImages(images, "toy", 250, net, tmp_path, progress=False).reference(max_keep=200)
     assert (net.seen, fits) == (250, [20])  # all from the cache
     for key in ("features", "radii", "centroids", "proportions"):
         assert torch.equal(getattr(ref, key), getattr(again, key))
-    real_reference(images, "toy", 250, net, tmp_path, bins=5, max_keep=200, progress=False)
-    real_reference(images, "toy", 100, net, tmp_path, max_keep=200, progress=False)
+    RealImages(images, "toy", 250, net, tmp_path, progress=False).reference(bins=5, max_keep=200)
+    RealImages(images, "toy", 100, net, tmp_path, progress=False).reference(max_keep=200)
     assert fits == [20, 5, 10]  # another K, another n: another entry
     assert len(list((tmp_path / "fid_stats").glob("diversity-*.npz"))) == 3
 
@@ -214,15 +215,15 @@ def test_real_reference_is_cached_and_keyed(tmp_path, monkeypatch: pytest.Monkey
 def test_real_reference_writes_atomically(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     images = np.random.default_rng(1).integers(0, 256, (100, 1, 4, 4), dtype=np.uint8)
     net = PixelExtractor()
-    real_reference(images, "toy", 100, net, tmp_path, bins=4, progress=False)
+    RealImages(images, "toy", 100, net, tmp_path, progress=False).reference(bins=4)
     before = {p.name: p.read_bytes() for p in (tmp_path / "fid_stats").iterdir()}
 
     def broken(file, **arrays) -> None:
         file.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(diversity.np, "savez", broken)
+    monkeypatch.setattr(reference_module.np, "savez", broken)
     with pytest.raises(OSError, match="disk full"):
-        real_reference(images, "toy", 100, net, tmp_path, bins=3, progress=False)
+        RealImages(images, "toy", 100, net, tmp_path, progress=False).reference(bins=3)
     after = {p.name: p.read_bytes() for p in (tmp_path / "fid_stats").iterdir()}
     assert after == before  # old files untouched, no partial file and no temporary left behind

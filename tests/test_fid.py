@@ -26,7 +26,7 @@ from orchestrator.metrics.frechet import (
     metric_name,
 )
 from orchestrator.metrics.inception_score import inception_score
-from orchestrator.metrics.reference import features_path, reference_features, reference_stats, stats_path
+from orchestrator.metrics.reference import RealImages, features_path, stats_path
 
 
 def features(n: int, dims: int, seed: int, scale: float = 1.0) -> np.ndarray:
@@ -209,16 +209,16 @@ def test_metric_name(n: int, name: str) -> None:
 def test_reference_stats_cached_per_n_and_extractor(tmp_path) -> None:
     images = np.random.default_rng(0).integers(0, 256, (30, 3, 8, 8), dtype=np.uint8)
     net = CountingExtractor()
-    first = reference_stats(images, "toy", 20, net, tmp_path, batch_size=7, progress=False)
+    first = RealImages(images, "toy", 20, net, tmp_path, batch_size=7, progress=False).stats()
     assert (first.n, net.seen) == (20, 20)
-    again = reference_stats(images, "toy", 20, net, tmp_path, batch_size=7, progress=False)
+    again = RealImages(images, "toy", 20, net, tmp_path, batch_size=7, progress=False).stats()
     assert net.seen == 20  # from the cache: the network did not run
     np.testing.assert_array_equal(first.mean_cov()[1], again.mean_cov()[1])
-    reference_stats(images, "toy", 10, net, tmp_path, progress=False)
+    RealImages(images, "toy", 10, net, tmp_path, progress=False).stats()
     assert net.seen == 30  # another n is another entry
     other = CountingExtractor()
     other.name = "fake-other"
-    reference_stats(images, "toy", 20, other, tmp_path, progress=False)
+    RealImages(images, "toy", 20, other, tmp_path, progress=False).stats()
     assert other.seen == 20  # and so is another network
     assert len(list((tmp_path / "fid_stats").glob("*.npz"))) == 3
 
@@ -226,7 +226,7 @@ def test_reference_stats_cached_per_n_and_extractor(tmp_path) -> None:
 def test_reference_stats_subset_and_shortfall(tmp_path) -> None:
     images = np.random.default_rng(1).integers(0, 256, (12, 1, 4, 4), dtype=np.uint8)
     net = CountingExtractor()
-    stats = reference_stats(images, "small", 100, net, tmp_path, progress=False)
+    stats = RealImages(images, "small", 100, net, tmp_path, progress=False).stats()
     assert stats.n == 12  # all images, and the count says so
     expected = FeatureStats(6)
     expected.update(net(torch.from_numpy(images).float() / 127.5 - 1)[0])
@@ -338,20 +338,19 @@ def test_generated_images_are_scored_as_the_pngs_they_would_be_saved_as(tmp_path
 def test_reference_features_one_pass_then_cached(tmp_path) -> None:
     images = np.random.default_rng(2).integers(0, 256, (40, 3, 4, 4), dtype=np.uint8)
     net = CountingExtractor()
-    stats, kept = reference_features(
-        images, "toy", 30, net, tmp_path, batch_size=7, progress=False, max_keep=10
-    )
+    real = RealImages(images, "toy", 30, net, tmp_path, batch_size=7, progress=False)
+    stats, kept = real.features(max_keep=10)
     assert (stats.n, net.seen, kept.shape, kept.dtype) == (30, 30, (10, 6), torch.float32)  # one pass
     index = fidlib.select(40, 30)[fidlib.select(30, 10)]  # a seeded subset of the reference images
     expected = net(torch.from_numpy(images[index]).float() / 127.5 - 1)[0]
     torch.testing.assert_close(kept, expected)
     net.seen = 0
-    again_stats, again = reference_features(images, "toy", 30, net, tmp_path, progress=False, max_keep=10)
+    again_stats, again = RealImages(images, "toy", 30, net, tmp_path, progress=False).features(max_keep=10)
     assert net.seen == 0 and torch.equal(again, kept)  # both from the cache
     np.testing.assert_array_equal(again_stats.mean_cov()[1], stats.mean_cov()[1])
-    reference_features(images, "toy", 30, net, tmp_path, progress=False, max_keep=5)
+    RealImages(images, "toy", 30, net, tmp_path, progress=False).features(max_keep=5)
     assert net.seen == 5  # statistics cached: only the kept images go through the network
-    assert reference_stats(images, "toy", 30, net, tmp_path, progress=False).n == 30 and net.seen == 5
+    assert RealImages(images, "toy", 30, net, tmp_path, progress=False).stats().n == 30 and net.seen == 5
 
 
 def test_stats_cache_key_holds_what_the_statistics_depend_on(tmp_path, monkeypatch) -> None:

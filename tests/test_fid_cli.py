@@ -151,9 +151,8 @@ def test_a_dataset_is_scored_against_the_statistics_its_search_caches(
     import logging
 
     from orchestrator.data import dataset as datasets
-    from orchestrator.metrics.diversity import real_reference
     from orchestrator.metrics.frechet import FeatureStats
-    from orchestrator.metrics.reference import stats_path
+    from orchestrator.metrics.reference import RealImages, stats_path
     from orchestrator.search.cli import parse_args
     from orchestrator.search.plan import make_plan
 
@@ -163,7 +162,7 @@ def test_a_dataset_is_scored_against_the_statistics_its_search_caches(
     extractor = load_inception(weights)
     data = datasets.prepare_dataset(datasets.spec_for(plan.settings), cache, progress=False)
     # what the search's driver computes and caches before its trials start
-    real_reference(data.images, data.key, plan.settings.fid_n, extractor, cache, progress=False)
+    RealImages(data.images, data.key, plan.settings.fid_n, extractor, cache, progress=False).reference()
     cached = stats_path(cache, data.key, plan.settings.fid_n, extractor.name)
     before = cached.stat().st_mtime_ns
     with caplog.at_level(logging.INFO):

@@ -4,7 +4,8 @@ density and coverage, NDB/K and a mode-collapse ratio.
 Every metric is pure math on feature tensors ``[N, dims]``, computed on the device of the generated
 features. The real side is a ``RealReference``: a seeded subset of real features with what depends
 on them alone (k-NN radii, the NDB bins), built once per dataset on the driver and cached beside the
-FID statistics (``real_reference``). ``diversity_metrics`` is the one call an evaluation makes.
+FID statistics (``metrics.reference.RealImages``). ``diversity_metrics`` is the one call an
+evaluation makes.
 """
 
 from __future__ import annotations
@@ -12,16 +13,10 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 
-from orchestrator.atomic import atomic_write
 from orchestrator.errors import ConfigError, DataError
-from orchestrator.metrics.frechet import MAX_KEEP, FeatureStats
-from orchestrator.metrics.inception import FeatureExtractor
-from orchestrator.metrics.reference import cache_path, reference_features
 
 log = logging.getLogger(__name__)
 
@@ -256,63 +251,6 @@ def fit_reference(features: torch.Tensor, bins: int = NDB_BINS, seed: int = 0) -
     centroids = kmeans(features, k, seed)
     proportions = bin_proportions(assign_bins(features, centroids), k)
     return RealReference(features.cpu(), knn_radii(features).cpu(), centroids.cpu(), proportions, seed)
-
-
-def real_reference(
-    images: np.ndarray,
-    data_key: str,
-    n: int,
-    extractor: FeatureExtractor,
-    cache_dir: Path,
-    bins: int = NDB_BINS,
-    seed: int = 0,
-    max_keep: int = MAX_KEEP,
-    batch_size: int = 100,
-    progress: bool = True,
-    device: str | torch.device = "cpu",
-) -> tuple[FeatureStats, RealReference]:
-    """The FID reference statistics and the ``RealReference`` of the same images, from at most one
-    network pass; the radii and the k-means fit (on ``device``) are cached beside the statistics,
-    keyed by everything they depend on."""
-    cache_dir = Path(cache_dir)
-    stats, features = reference_features(
-        images, data_key, n, extractor, cache_dir, batch_size, progress, max_keep
-    )
-    k = ndb_bins(len(features), bins)
-    record = {
-        "data": data_key,
-        "n": stats.n,
-        "extractor": extractor.name,
-        "kept": len(features),
-        "bins": k,
-        "kmeans_seed": seed,
-        "nearest_k": NEAREST_K,
-    }
-    path = cache_path(cache_dir, record, prefix="diversity-")
-    cached = _load_reference(path, features, k, seed)
-    if cached is not None:
-        return stats, cached
-    log.info("fitting %d NDB bins on %d real features of %s -> %s", k, len(features), data_key, path)
-    fitted = fit_reference(features.to(device), k, seed)
-    arrays = {key: getattr(fitted, key).numpy() for key in ("radii", "centroids", "proportions")}
-    atomic_write(path, lambda f: np.savez(f, **arrays))
-    return stats, fitted
-
-
-def _load_reference(path: Path, features: torch.Tensor, bins: int, seed: int) -> RealReference | None:
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            radii, centroids, props = (torch.from_numpy(f[k]) for k in ("radii", "centroids", "proportions"))
-    except (OSError, ValueError, KeyError, EOFError) as err:
-        log.warning("refitting unreadable cached NDB bins %s: %s", path, err)
-        return None
-    shapes = (radii.shape, centroids.shape, props.shape)
-    if shapes != ((len(features),), (bins, features.shape[1]), (bins,)):
-        log.warning("refitting cached NDB bins %s: shapes do not match the features", path)
-        return None
-    return RealReference(features, radii, centroids, props, seed)
 
 
 # --- the one call an evaluation makes

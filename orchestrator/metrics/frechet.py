@@ -159,9 +159,18 @@ class FeatureStats:
             raise DataError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not match")
         if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
             raise DataError(f"{path}: mu or sigma holds NaN or infinity: no FID can be computed from it")
-        stats = cls(d, meta)
-        stats.n, stats._rows = n, None
-        stats._loaded = (torch.from_numpy(mu), torch.from_numpy(sigma))
+        return cls._of_moments(torch.from_numpy(mu), torch.from_numpy(sigma), n, meta)
+
+    def frozen(self) -> FeatureStats:
+        """These statistics as ``load`` reads them back from ``save``: float64 moments on the CPU,
+        without the running sums or the small-sample features."""
+        mu, sigma = self.moments()
+        return FeatureStats._of_moments(mu.cpu(), sigma.cpu(), self.n, self.meta)
+
+    @classmethod
+    def _of_moments(cls, mu: torch.Tensor, sigma: torch.Tensor, n: int, meta: dict[str, str]) -> FeatureStats:
+        stats = cls(mu.shape[0], meta)
+        stats.n, stats._rows, stats._loaded = n, None, (mu, sigma)
         return stats
 
     def _unfreeze(self) -> None:

@@ -21,8 +21,8 @@ from orchestrator.cli import catch_signals, on_interrupt
 from orchestrator.data import dataset as datasets
 from orchestrator.errors import ConfigError, Terminated
 from orchestrator.gan.placement import resolve_device
-from orchestrator.metrics.diversity import real_reference
 from orchestrator.metrics.inception import load_inception
+from orchestrator.metrics.reference import RealImages
 from orchestrator.metrics.registry import objective
 from orchestrator.search.plan import (
     Plan,
@@ -182,10 +182,8 @@ def _real_side(
     data = datasets.prepare_dataset(spec, plan.settings.cache_dir)
     datasets.check_fid_n(plan.settings.fid_n, len(data), spec.name)  # unreadable files skipped
     clock.lap("data")
-    reference, real_ref = real_reference(
-        data.images, data.key, plan.settings.fid_n, extractor, plan.settings.cache_dir,
-        device=extractor.device,
-    )
+    real = RealImages(data.images, data.key, plan.settings.fid_n, extractor, plan.settings.cache_dir)
+    reference, real_ref = real.reference(device=extractor.device)
     clock.lap("reference")
     return data, extractor, reference, real_ref
 
