@@ -6,7 +6,7 @@ statistics each side computes once, untimed (the product caches them per dataset
 
 - product: what ``orchestrator.trial.TrialRunner.evaluate`` does: ``generated_features`` on the
   generator's batches (generation and Inception in one stream, feature moments accumulated on the
-  device), then ``fid`` against ``reference_stats``;
+  device), then ``fid`` against ``RealImages.stats``;
 - pytorch-fid: the same images written as PNGs (as a user of pytorch-fid would), then
   ``pytorch_fid.fid_score.calculate_fid_given_paths([pngs, reference.npz])``, its reference
   ``.npz`` made by its own ``save_fid_stats`` from the real images as PNGs.
@@ -28,7 +28,7 @@ Exit status 1 when the target is missed (a ``FAIL target:`` line says so).
 from __future__ import annotations
 
 import argparse
-import contextlib
+import copy
 import os
 import sys
 import tempfile
@@ -52,7 +52,7 @@ from orchestrator.metrics.frechet import (
     fid,
     generated_features,
 )
-from orchestrator.metrics.reference import reference_stats
+from orchestrator.metrics.reference import RealImages
 
 DIMS = 2048
 JUDGED_ABOVE = DIMS  # the target is judged where n exceeds this: below it pytorch-fid's sqrtm is ill-posed
@@ -130,7 +130,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="fid-eval-") as tmp:
         folder = Path(tmp)
-        reference = reference_stats(real, f"bench-shapes-64-{n}", n, extractor, folder, progress=False)
+        reference = RealImages(real, f"bench-shapes-64-{n}", n, extractor, folder, progress=False).stats()
         write_pngs(folder / "real", real.transpose(0, 2, 3, 1))
         # the product's hook serves the mapped weights to pytorch-fid's own loader (no download)
         with inception._serving(weights):
@@ -209,13 +209,10 @@ def tf32_fid(state: GANState, latents: torch.Tensor, reference: FeatureStats,
              extractor: inception.InceptionExtractor, batch: int) -> float:
     """The product's FID of the same images with the feature pass's fp32 switches left as the process
     has them (cuDNN: TF32 convolutions), untimed; the reference stays fp32, as a cache would hold it."""
-    real_switch = inception.exact_fp32
-    inception.exact_fp32 = contextlib.nullcontext  # type: ignore[assignment]
-    try:
-        fake, _, _ = generated_features(sampler(state, latents), len(latents), extractor, batch_size=batch,
-                                        max_keep=0)
-    finally:
-        inception.exact_fp32 = real_switch
+    loose = copy.copy(extractor)
+    loose.exact = False
+    fake, _, _ = generated_features(sampler(state, latents), len(latents), loose, batch_size=batch,
+                                    max_keep=0)
     return fid(reference, fake)
 
 

@@ -6,6 +6,7 @@ Food-101 images; pytorch-fid itself is the reference, fed the same tensors throu
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from pathlib import Path
@@ -244,6 +245,11 @@ def test_the_feature_pass_is_ieee_fp32_whatever_the_process_allows(monkeypatch: 
     with pytest.raises(RuntimeError), inception.exact_fp32():
         raise RuntimeError("a pass that fails")
     assert b.cuda.matmul.fp32_precision == "tf32"  # restored after a failure too
+    # bench/fid_eval.py's copy that measures what TF32 would change runs as the process allows
+    loose = copy.copy(extractor)
+    loose.exact = False
+    loose(torch.zeros(2, 3, 8, 8))
+    assert spy.seen[-1][:2] == ("tf32", "tf32") and extractor.exact
 
 
 # --- what only a GPU can show (deselected by default; run by bench/gpu_acceptance.sh). They need

@@ -78,6 +78,9 @@ class InceptionExtractor:
     without the bias)."""
 
     dims = DIMS
+    # IEEE fp32 for every pass; only bench/fid_eval.py turns it off, on a copy, to measure what the
+    # backend's default (TF32 convolutions on a GPU) would change
+    exact = True
 
     def __init__(
         self, net: torch.nn.Module, fc: torch.nn.Linear | None, name: str, path: Path, device: torch.device
@@ -90,7 +93,7 @@ class InceptionExtractor:
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = _to_unit_rgb(images, self.device).contiguous(memory_format=torch.channels_last)
         # always IEEE fp32, even inside a caller's autocast and where cuDNN would use TF32
-        with _no_autocast(self.device), exact_fp32():
+        with _no_autocast(self.device), exact_fp32() if self.exact else contextlib.nullcontext():
             pool3 = self.fast(x)[0].flatten(1)
             logits = self.fc(pool3) if self.fc is not None else None
         return pool3, logits
