@@ -19,18 +19,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from orchestrator.atomic import atomic_write
 from orchestrator.config import RunSettings, TrialConfig
 from orchestrator.data.dataset import CLASS_READERS, CachedDataset, DeviceImages
-from orchestrator.gan.checkpoints import load_checkpoint
+from orchestrator.gan.checkpoints import restore_trial, save_trial
 from orchestrator.gan.placement import Placement, place
 from orchestrator.gan.step import (
     GANState,
     build_state,
     fixed_latents,
     generate,
-    load_state_dict,
-    state_dict,
     train_steps,
 )
 from orchestrator.images import grid_image
@@ -174,15 +171,11 @@ class TrialRunner:
         return grid_image(generate(self.state, self.grid_latents))
 
     def save(self, path: Path) -> Path:
-        """Atomic: a crash mid-write leaves the previous checkpoint intact."""
-        saved = {**state_dict(self.state), "best_fid": self.best_fid, "history": self.history}
-        return atomic_write(Path(path), lambda f: torch.save(saved, f))
+        return save_trial(self.state, path, self.best_fid, self.history)
 
     def restore(self, path: Path) -> None:
-        saved = load_checkpoint(path)
-        load_state_dict(self.state, saved)
-        self.best_fid = saved.get("best_fid", self.objective.worst)
-        self.history = list(saved.get("history", []))
+        best, self.history = restore_trial(self.state, path)
+        self.best_fid = self.objective.worst if best is None else best
 
 
 def device_images(data: CachedDataset, placement: Placement) -> DeviceImages:

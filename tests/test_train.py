@@ -10,10 +10,11 @@ from fakes import SMALL, Blobs
 
 from orchestrator.config import LOSSES, TrialConfig
 from orchestrator.errors import ConfigError, TrainingDiverged
+from orchestrator.gan.checkpoints import restore_training_state, training_state
 from orchestrator.gan.losses import LOSSES as LOSS_FNS
 from orchestrator.gan.losses import gradient_penalty
 from orchestrator.gan.models import Discriminator, Generator
-from orchestrator.gan.step import build_state, generate, load_state_dict, state_dict, train_step, train_steps
+from orchestrator.gan.step import build_state, generate, train_step, train_steps
 
 
 def _state(seed: int = 0, **overrides: object):
@@ -145,14 +146,14 @@ def test_checkpoint_round_trip_resumes_exactly() -> None:
     a = _state(seed=5, ema_decay=0.9)
     for _ in range(2):
         train_step(a, Blobs())
-    saved = state_dict(a)
+    saved = training_state(a)
     saved = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in saved.items()}
     import copy
 
     saved = copy.deepcopy(saved)
     continued = [train_step(a, Blobs()) for _ in range(2)]
     b = _state(seed=99, ema_decay=0.9)
-    load_state_dict(b, saved)
+    restore_training_state(b, saved)
     resumed = [train_step(b, Blobs()) for _ in range(2)]
     assert continued == resumed and b.step == 4
     z = torch.randn(4, 16)
@@ -182,7 +183,8 @@ def test_steps_read_in_batches_are_the_steps_one_by_one() -> None:
     one, batched = _state(seed=3, ema_decay=0.9), _state(seed=3, ema_decay=0.9)
     expected = [train_step(one, Blobs()) for _ in range(10)]
     assert train_steps(batched, Blobs(), 10, read_every=4) == expected and batched.step == 10
-    for a, b in zip(state_dict(one)["ema"].values(), state_dict(batched)["ema"].values(), strict=True):
+    emas = (training_state(one)["ema"].values(), training_state(batched)["ema"].values())
+    for a, b in zip(*emas, strict=True):
         assert torch.equal(a, b)
 
 

@@ -13,7 +13,6 @@ every precision and memory format a GPU uses.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,8 +25,6 @@ from orchestrator.errors import TrainingDiverged
 from orchestrator.gan.losses import LOSSES, gradient_penalty
 from orchestrator.gan.models import Discriminator, Generator, build_models
 from orchestrator.gan.placement import Placement, place
-
-log = logging.getLogger(__name__)
 
 # steps queued between reads of their statistics: a read waits for the device, so reading after
 # every step keeps the CPU from queueing ahead of the GPU, and small GAN steps are launch-bound
@@ -264,62 +261,6 @@ def generate(state: GANState, z: torch.Tensor) -> torch.Tensor:
 def fixed_latents(nz: int, n: int, seed: int) -> torch.Tensor:
     """The same latents for every evaluation and every trial of a search (CPU, seeded)."""
     return torch.randn(n, nz, generator=torch.Generator().manual_seed(seed))
-
-
-def state_dict(state: GANState) -> dict[str, Any]:
-    """Everything needed to resume bit-for-bit: nets, EMA, optimisers, loss scales, step and RNG
-    states; every tensor on the CPU, so the file loads on any machine."""
-    return to_cpu({
-        "config": state.config.to_dict(),
-        "channels": state.channels,
-        "resolution": state.resolution,
-        "step": state.step,
-        "generator": state.generator.state_dict(),
-        "discriminator": state.discriminator.state_dict(),
-        "ema": state.ema.state_dict() if state.ema is not None else None,
-        "opt_g": state.opt_g.state_dict(),
-        "opt_d": state.opt_d.state_dict(),
-        "scaler_g": state.scaler_g.state_dict() if state.scaler_g is not None else None,
-        "scaler_d": state.scaler_d.state_dict() if state.scaler_d is not None else None,
-        "rng": state.rng.get_state(),
-        "rng_device": state.rng.device.type,
-        "torch_rng": torch.get_rng_state(),
-        # dropout in D draws from the device's global generator: the trial's device alone
-        "cuda_rng": torch.cuda.get_rng_state(state.device) if state.cuda else None,
-    })
-
-
-def load_state_dict(state: GANState, saved: dict[str, Any]) -> None:
-    """Restore ``saved`` (CPU tensors, from ``load_checkpoint``) into ``state``: weights are copied
-    into the nets on their device and format, optimiser state follows its parameters."""
-    state.generator.load_state_dict(saved["generator"])
-    state.discriminator.load_state_dict(saved["discriminator"])
-    if state.ema is not None and saved["ema"] is not None:
-        state.ema.load_state_dict(saved["ema"])
-    state.opt_g.load_state_dict(saved["opt_g"])
-    state.opt_d.load_state_dict(saved["opt_d"])
-    for scaler, key in ((state.scaler_g, "scaler_g"), (state.scaler_d, "scaler_d")):
-        if scaler is not None and saved.get(key):
-            scaler.load_state_dict(saved[key])
-    state.step = saved["step"]
-    _restore_rng(state, saved)
-
-
-def _restore_rng(state: GANState, saved: dict[str, Any]) -> None:
-    torch.set_rng_state(saved["torch_rng"])
-    if state.cuda and saved.get("cuda_rng") is not None:
-        cuda_rng = saved["cuda_rng"]  # a list from checkpoints that saved every GPU's state
-        torch.cuda.set_rng_state(cuda_rng[0] if isinstance(cuda_rng, list) else cuda_rng, state.device)
-    saved_on = saved.get("rng_device", state.rng.device.type)
-    if saved_on == state.rng.device.type:
-        state.rng.set_state(saved["rng"])
-        return
-    # a CPU generator's state is not a CUDA one's: a trial moved between device kinds (a GPU
-    # search resumed with --device cpu) continues with a fresh stream rather than not at all
-    state.rng.manual_seed(state.seed * 1_000_003 + state.step)
-    log.warning("checkpoint's sampling generator was on %s, the trial now runs on %s: continuing from "
-                "step %d with a fresh stream (valid, but not bit-for-bit the same run)",
-                saved_on, state.rng.device.type, state.step)
 
 
 def to_cpu(value: Any) -> Any:
