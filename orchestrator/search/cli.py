@@ -29,13 +29,12 @@ from orchestrator.data import sources
 from orchestrator.search.lock import driver_lock
 from orchestrator.search.plan import (
     Plan,
-    check_new,
     check_outputs,
     check_ray_address,
     make_plan,
     print_plan,
 )
-from orchestrator.search.record import SEARCH_RECORD_FILE, check_resumable
+from orchestrator.search.record import SEARCH_RECORD_FILE, check_new, check_resumable
 from orchestrator.tracking.store import check_database, check_tracking_server
 
 

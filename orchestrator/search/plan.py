@@ -20,8 +20,6 @@ from orchestrator.cli import run_settings
 from orchestrator.config import MAX_COUNT, RunSettings
 from orchestrator.errors import ConfigError, first_line
 from orchestrator.gan.placement import place
-from orchestrator.search.lock import LOCK_FILE
-from orchestrator.search.record import SEARCH_RECORD_FILE
 from orchestrator.space.sampling import (
     SearchSpace,
     describe,
@@ -31,7 +29,8 @@ from orchestrator.space.sampling import (
     startup_trials,
 )
 from orchestrator.space.schema import Budget
-from orchestrator.tracking.store import ARTIFACTS_FOLDER, STORE_FILE, check_store
+from orchestrator.space.study import check_study_storage, local_study
+from orchestrator.tracking.store import check_store
 
 log = logging.getLogger("orchestrator.search")
 
@@ -41,9 +40,6 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # one trial at a time, so the weak second start point meets the first at the first rung
 SMOKE = {"num_samples": 4, "max_evals": 3, "grace_period": 1, "reduction_factor": 2, "eval_every": 40,
          "fid_n": 128, "limit": 2000, "max_concurrent": 1}
-STUDY_FILE = "optuna.db"  # beside the results: the search's Optuna study
-# what a search's folder holds before its first trial: its lock, and what a start cut short made
-OWN_FILES = (LOCK_FILE, STORE_FILE, STUDY_FILE, ARTIFACTS_FOLDER)
 SMOKE_NOTE = ("smoke test: checks the machinery (data, trials, ASHA, MLflow, the pictures) in minutes, not "
               "quality: a few hundred steps teach a GAN nothing; without --smoke-test a search trains one")
 
@@ -125,7 +121,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         storage=storage,
         name=name,
         tracking_uri=args.mlflow_uri,
-        study_storage=args.study_storage or _local_study(storage, name),
+        study_storage=args.study_storage or local_study(storage, name),
         fid_weights=str(args.fid_weights) if args.fid_weights else None,
         address=args.address,
         resume=args.resume,
@@ -134,12 +130,6 @@ def make_plan(args: argparse.Namespace) -> Plan:
         smoke_weak_start=args.smoke_test and bool(space.start),
         cpu_budget=cpu_budget,
     )
-
-
-def _local_study(storage: str, name: str) -> str | None:
-    """A search with local results keeps its Optuna study beside them, in its own sqlite file: MLflow
-    and Optuna each keep an ``alembic_version`` table, so they cannot share one database."""
-    return None if "://" in storage else f"sqlite:///{Path(storage) / name / STUDY_FILE}"
 
 
 def _with_weak_start(space: SearchSpace) -> SearchSpace:
@@ -293,26 +283,7 @@ def check_outputs(plan: Plan) -> None:
     if plan.tracking_uri:
         check_store(plan.tracking_uri, reading=False)
     if plan.study_storage:
-        _check_study_storage(plan.study_storage)
-
-
-STUDY_SCHEMES = ("sqlite", "postgresql", "mysql")  # Optuna's RDB storage, SQLAlchemy URLs
-
-
-def _check_study_storage(url: str) -> None:
-    flag = f"--study-storage {url}"
-    if url.split("://", 1)[0].split("+", 1)[0] not in STUDY_SCHEMES or "://" not in url:
-        raise ConfigError(f"{flag}: not a database URL (use sqlite:///FILE or postgresql://USER@HOST/DB)")
-    if not url.startswith("sqlite"):
-        return
-    path = Path(url.removeprefix("sqlite:///"))
-    if not url.startswith("sqlite:///") or url == "sqlite:///":
-        raise ConfigError(f"{flag}: a sqlite study is sqlite:///FILE (four slashes for an absolute path)")
-    if path.exists() and not path.is_file():
-        raise ConfigError(f"{flag}: {path} is not a database file")
-    if path.is_file() and path.stat().st_size and path.read_bytes()[:16] != b"SQLite format 3\x00":
-        raise ConfigError(f"{flag}: {path} is not a SQLite database")
-    check_writable_folder(path.parent, flag)
+        check_study_storage(plan.study_storage)
 
 
 def check_ray_address(address: str | None, timeout: float = 10.0) -> None:
@@ -333,24 +304,6 @@ def check_ray_address(address: str | None, timeout: float = 10.0) -> None:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else first_line(err)
         raise ConfigError(f"--address {address}: no Ray cluster answers there ({reason}); start it "
                           "(ray start --head), or leave out --address to run here") from None
-
-
-def check_new(plan: Plan) -> None:
-    """A search never starts in the folder of another: Tune would keep two states there and the
-    state file would name only the second search's MLflow run."""
-    if "://" in plan.storage:
-        return  # listing a remote folder would need its credentials before any work: not checked
-    folder = Path(plan.experiment_dir)
-    if (folder / SEARCH_RECORD_FILE).exists() or any(folder.glob("experiment_state*")):
-        raise ConfigError(f"a search named {plan.name!r} is already in {folder}: add --resume to continue "
-                          "it, or choose another --name")
-    # a folder of someone else's files is never moved into (the driver's lock, taken just before,
-    # and what an interrupted start of this same search made are a search's own)
-    others = sorted(p.name for p in folder.iterdir() if p.name not in OWN_FILES) if folder.is_dir() else []
-    if others:
-        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-        raise ConfigError(f"--name {plan.name}: {folder} holds files that are not a search's ({shown}); "
-                          "choose another --name or --storage")
 
 
 def git_commit() -> str:

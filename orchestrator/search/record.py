@@ -1,7 +1,7 @@
 """A search's record beside Tune's state (``orchestrator.json``): where its MLflow runs are, what
-defines it (``SearchIdentity``), and the command that started it; and the checks a resume makes
-against it. Typed here, JSON on disk: the file format is unchanged, a record written before
-searches recorded their identity still resumes."""
+defines it (``SearchIdentity``), and the command that started it; and the checks a new search and a
+resume make against the folder it names. Typed here, JSON on disk: the file format is unchanged, and
+a record written before searches recorded their identity still resumes."""
 
 from __future__ import annotations
 
@@ -13,11 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.atomic import atomic_write
 from orchestrator.errors import ConfigError, first_line
+from orchestrator.search.lock import LOCK_FILE
+from orchestrator.space.study import STUDY_FILE
+from orchestrator.tracking.store import ARTIFACTS_FOLDER, STORE_FILE
 
 if TYPE_CHECKING:
     from orchestrator.search.plan import Plan
 
 SEARCH_RECORD_FILE = "orchestrator.json"  # beside Tune's experiment state: the MLflow ids of this search
+# what a search's folder holds before its first trial: its lock, and what a start cut short made
+OWN_FILES = (LOCK_FILE, STORE_FILE, STUDY_FILE, ARTIFACTS_FOLDER)
 
 
 class DamagedRecord(ValueError):
@@ -122,6 +127,24 @@ def read_record(plan: Plan) -> SearchRecord:
         with fs.open_input_stream(path) as stream:
             return SearchRecord.from_json(json.loads(stream.read()))
     return SearchRecord.from_json(json.loads((Path(plan.experiment_dir) / SEARCH_RECORD_FILE).read_text()))
+
+
+def check_new(plan: Plan) -> None:
+    """A search never starts in the folder of another: Tune would keep two states there and the
+    state file would name only the second search's MLflow run."""
+    if "://" in plan.storage:
+        return  # listing a remote folder would need its credentials before any work: not checked
+    folder = Path(plan.experiment_dir)
+    if (folder / SEARCH_RECORD_FILE).exists() or any(folder.glob("experiment_state*")):
+        raise ConfigError(f"a search named {plan.name!r} is already in {folder}: add --resume to continue "
+                          "it, or choose another --name")
+    # a folder of someone else's files is never moved into (the driver's lock, taken just before,
+    # and what an interrupted start of this same search made are a search's own)
+    others = sorted(p.name for p in folder.iterdir() if p.name not in OWN_FILES) if folder.is_dir() else []
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise ConfigError(f"--name {plan.name}: {folder} holds files that are not a search's ({shown}); "
+                          "choose another --name or --storage")
 
 
 def check_resumable(plan: Plan) -> None:

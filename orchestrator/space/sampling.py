@@ -32,6 +32,7 @@ from orchestrator.space.schema import (
     read_space,
     walk_params,
 )
+from orchestrator.space.study import open_study_storage
 
 if TYPE_CHECKING:
     from ray.tune.search.optuna import OptunaSearch
@@ -182,7 +183,7 @@ def make_searcher(
     from ray.tune.search.optuna import OptunaSearch  # ray is slow to import; loading needn't
 
     name = study_name or f"{space.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    db = _open_storage(storage) if storage else None
+    db = open_study_storage(storage) if storage else None
     points = space.points_to_evaluate()
     if db is not None and name in optuna.study.get_all_study_names(db):
         points = []  # a resumed study: its start points were enqueued the first time
@@ -238,15 +239,3 @@ def _describe_params(params: Sequence[Param], indent: str) -> list[str]:
         for value, branch in param.when.items():
             lines += [f"{indent}  when {param.name}={value}:", *_describe_params(branch, indent + "    ")]
     return lines
-
-
-def _open_storage(url: str) -> optuna.storages.BaseStorage:
-    """A study database (``sqlite:///optuna.db``) that optuna-dashboard can read."""
-    import sqlalchemy.exc  # optuna's own dependency, imported only when a URL is given
-
-    if url.startswith("sqlite:///"):  # sqlite makes its file, not the folder around it
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return optuna.storages.RDBStorage(url)
-    except (ValueError, ImportError, sqlalchemy.exc.SQLAlchemyError) as err:
-        raise ConfigError(f"cannot open optuna storage {url!r}: {str(err).splitlines()[0]}") from None
