@@ -5,8 +5,8 @@
 #
 #   bash bench/gpu_acceptance.sh [--tiny | --preflight | --print-budget]
 #
-# This wrapper only finds what bench/stage_device.sh staged (wheels installed in /tmp/site, the FID
-# weights under /tmp/stage) and runs the harness; BUDGET_S, NOTE and OUT are read there.
+# This wrapper only finds what bench/stage_device.sh staged (bench/staged.env says where) and runs
+# the harness; BUDGET_S, NOTE and OUT are read there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 case ${1:-} in
@@ -14,11 +14,10 @@ case ${1:-} in
   *) echo "usage: bash bench/gpu_acceptance.sh [--tiny | --preflight | --print-budget]" >&2; exit 2 ;;
 esac
 (($# <= 1)) || { echo "usage: bash bench/gpu_acceptance.sh [--tiny | --preflight | --print-budget]" >&2; exit 2; }
-[[ -d /tmp/site ]] && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+source bench/staged.env
+[[ -d $STAGED_SITE ]] && export PYTHONPATH="$STAGED_SITE${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-if [[ -z ${ORCHESTRATOR_FID_WEIGHTS:-} ]]; then
-  for f in /tmp/stage/accept/gpu-stage/default_1.pt /tmp/stage/fidw/default_1.pt; do
-    [[ -f $f ]] && { export ORCHESTRATOR_FID_WEIGHTS=$f; break; }
-  done
+if [[ -z ${ORCHESTRATOR_FID_WEIGHTS:-} && -f $STAGED_WEIGHTS ]]; then
+  export ORCHESTRATOR_FID_WEIGHTS=$STAGED_WEIGHTS
 fi
 exec python3 bench/gpu_harness.py "$@"

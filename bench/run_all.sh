@@ -12,22 +12,22 @@
 # call, e.g. `bash bench/run_all.sh asha`. After each target, RESULTS.md, the ASHA/FIFO plot and this
 # run's log are copied to $OUT when it is set (the device tool brings back what lies there).
 #
-# Found without being set, when staged by bench/stage_device.sh (or ../shared/tools/device-stage): /tmp/site
-# on PYTHONPATH (ray, optuna, mlflow, pytorch-fid wheels), ORCHESTRATOR_FID_WEIGHTS (the staged default_1.pt), and
-# DATA_ROOT=/tmp/stage/data (mnist/*.gz and food-101/, as in ../shared/data, the default elsewhere).
+# Found without being set, when staged by bench/stage_device.sh (bench/staged.env says where): the
+# installed wheels on PYTHONPATH (ray, optuna, mlflow, pytorch-fid), ORCHESTRATOR_FID_WEIGHTS (the staged
+# default_1.pt), and DATA_ROOT=$STAGE/data (mnist/*.gz and food-101/, as in ../shared/data, the default
+# elsewhere).
 # NOTE, if set, is recorded under every table.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-[[ -d /tmp/site ]] && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+source bench/staged.env  # where bench/stage_device.sh puts what it stages
+[[ -d $STAGED_SITE ]] && export PYTHONPATH="$STAGED_SITE${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-if [[ -z ${ORCHESTRATOR_FID_WEIGHTS:-} ]]; then  # staged by bench/stage_device.sh, or by device-stage fidw
-  for f in /tmp/stage/accept/gpu-stage/default_1.pt /tmp/stage/fidw/default_1.pt; do
-    [[ -f $f ]] && { export ORCHESTRATOR_FID_WEIGHTS=$f; break; }
-  done
+if [[ -z ${ORCHESTRATOR_FID_WEIGHTS:-} && -f $STAGED_WEIGHTS ]]; then
+  export ORCHESTRATOR_FID_WEIGHTS=$STAGED_WEIGHTS
 fi
 data=${DATA_ROOT:-}
-[[ -z $data && -d /tmp/stage/data ]] && data=/tmp/stage/data
+[[ -z $data && -d $STAGE/data ]] && data=$STAGE/data
 data=${data:-../shared/data}
 out=${OUT:-}
 deadline=$((SECONDS + ${BUDGET_S:-570}))

@@ -52,13 +52,14 @@ cp "$weights" "$tmp/gpu-stage/default_1.pt"
 echo "stage_device: $(wc -l < "$tmp/req.txt") wheels, $(du -sm "$tmp/gpu-stage/wheels" | cut -f1) MB;" \
      "weights $(du -sm "$tmp/gpu-stage/default_1.pt" | cut -f1) MB ($weights)"
 "$stage_tool" accept "$tmp/gpu-stage" > "$tmp/calls.txt"
+source bench/staged.env  # the paths on the device, shared with bench/gpu_acceptance.sh
 n=$(ls -d .stage/accept-* | wc -l)
-install="python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/stage/accept/gpu-stage/wheels/*.whl"
+install="python3 -m pip install -q --no-index --no-deps --no-compile --target $STAGED_SITE $STAGED_TREE/wheels/*.whl"
 echo "stage_device: $n staging calls, then the run; make them back to back (a machine is given back about"
 echo "30 s after a call returns, and a fresh one has nothing staged):"
 for k in $(seq 1 "$n"); do
-  cmd="mkdir -p /tmp/stage && mv .stage/accept-$k/* /tmp/stage/"
-  ((k == n)) && cmd+=" && mkdir -p /tmp/stage/accept && cat /tmp/stage/accept.tar.part-* | tar -xf - -C /tmp/stage/accept && rm /tmp/stage/accept.tar.part-* && $install && bash bench/gpu_acceptance.sh --preflight"
+  cmd="mkdir -p $STAGE && mv .stage/accept-$k/* $STAGE/"
+  ((k == n)) && cmd+=" && mkdir -p $STAGE/accept && cat $STAGE/accept.tar.part-* | tar -xf - -C $STAGE/accept && rm $STAGE/accept.tar.part-* && $install && bash bench/gpu_acceptance.sh --preflight"
   echo "  run(carry=[\".stage/accept-$k\"], timeout_s=300, command=\"$cmd\")"
 done
 echo "  run(timeout_s=420, command=\"bash bench/gpu_acceptance.sh\")   # 360 s at most; again at once for a second run"
