@@ -18,14 +18,12 @@ from fakes import SMALL, Blobs, MomentFeatures, blob_images
 from orchestrator.config import RunSettings, TrialConfig
 from orchestrator.data.dataset import CachedDataset, DeviceImages
 from orchestrator.errors import ConfigError
-from orchestrator.gan.checkpoints import load_checkpoint
+from orchestrator.gan.checkpoints import load_checkpoint, restore_training_state, training_state
 from orchestrator.gan.placement import Placement, place, resolve_precision, trial_device
 from orchestrator.gan.step import (
     build_state,
     generate,
-    load_state_dict,
     queue_step,
-    state_dict,
     train_step,
     train_steps,
 )
@@ -240,7 +238,7 @@ def test_a_restored_trial_continues_bit_for_bit(tmp_path: Path, precision: str) 
 def test_checkpoints_hold_only_cpu_tensors() -> None:
     state = build_state(_config(ema_decay=0.9), 3, 32, place("cpu", "fp16", channels_last=True), seed=0)
     train_step(state, Blobs())
-    saved = state_dict(state)
+    saved = training_state(state)
     found: list[torch.Tensor] = []
     _tensors(saved, found)
     assert len(found) > 50 and all(t.device.type == "cpu" for t in found)
@@ -254,13 +252,13 @@ def test_a_sampling_generator_from_another_device_kind_reseeds(
     """A GPU search resumed with --device cpu: a CUDA generator's state does not fit a CPU one."""
     state = build_state(_config(), 3, 32, "cpu", seed=4)
     train_step(state, Blobs())
-    saved = copy.deepcopy(state_dict(state))
+    saved = copy.deepcopy(training_state(state))
     saved |= {"rng_device": "cuda", "rng": torch.zeros(16, dtype=torch.uint8)}  # a CUDA Philox state
     torch.save(saved, tmp_path / "state.pt")
     again, other = build_state(_config(), 3, 32, "cpu", seed=4), build_state(_config(), 3, 32, "cpu", seed=4)
     with caplog.at_level(logging.WARNING):
-        load_state_dict(again, load_checkpoint(tmp_path / "state.pt"))
-        load_state_dict(other, load_checkpoint(tmp_path / "state.pt"))
+        restore_training_state(again, load_checkpoint(tmp_path / "state.pt"))
+        restore_training_state(other, load_checkpoint(tmp_path / "state.pt"))
     assert "sampling generator was on cuda" in caplog.text and again.step == 1
     assert train_step(again, Blobs()) == train_step(other, Blobs())  # a fresh stream, but a fixed one
 
