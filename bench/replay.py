@@ -6,7 +6,11 @@ arguments, its Tune configuration as the runner builds it (Optuna's TPE with the
 points, the ASHA that survives a resume), and trials that serve recorded curves instead of training
 (``replay_trial.ReplayTrial``: a suggestion meets the table at its nearest recorded configuration).
 A strategy swaps the sampler (``random``: Optuna's RandomSampler, the start points first) or the
-scheduler (``fifo``: every trial runs its whole budget).
+scheduler (``fifo``: every trial runs its whole budget; ``wandb``: W&B's hyperband early termination,
+which ranks the raw metric of each evaluation at the bands, where the product's ASHA ranks each
+trial's best so far), and may change ASHA's numbers: ``tpe+asha:grace=2,rf=3,every=2`` (grace period
+and reduction factor in evaluations, and ``every``: evaluate every that many recorded evaluations,
+the skipped ones' training still counted, their evaluation not).
 
 Per replay: the best value of the search's metric against cumulative compute (the recorded
 device-seconds of every evaluation served, in the order the results arrived); the compute it took
@@ -50,8 +54,37 @@ from orchestrator.search.plan import Plan, make_plan
 from orchestrator.space.sampling import SearchSpace
 from orchestrator.space.schema import walk_params
 
-STRATEGIES = {"tpe+asha": ("tpe", "asha"), "random+asha": ("random", "asha"),
-              "tpe+fifo": ("tpe", "fifo"), "random+fifo": ("random", "fifo")}
+SAMPLERS, SCHEDULERS = ("tpe", "random"), ("asha", "fifo", "wandb")
+STRATEGIES = ("tpe+asha", "random+asha", "tpe+fifo", "random+fifo")  # the default set
+OPTIONS = {"grace": "--grace-period", "rf": "--reduction-factor", "every": None}
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    """``SAMPLER+SCHEDULER[:key=value,...]``, e.g. ``random+asha`` or ``tpe+asha:grace=2,rf=3``."""
+
+    name: str
+    sampler: str
+    scheduler: str
+    flags: tuple[str, ...] = ()  # the search's own flags for ASHA's numbers
+    every: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Strategy:
+        head, _, options = text.partition(":")
+        sampler, _, scheduler = head.partition("+")
+        if sampler not in SAMPLERS or scheduler not in SCHEDULERS:
+            raise ValueError(f"{text!r}: a strategy is SAMPLER+SCHEDULER, of {SAMPLERS} and {SCHEDULERS}")
+        flags, every = [], 1
+        for option in filter(None, options.split(",")):
+            key, _, value = option.partition("=")
+            if key not in OPTIONS or not value.isdigit() or int(value) < 1:
+                raise ValueError(f"{text!r}: options are {', '.join(OPTIONS)}, each a positive whole number")
+            if key == "every":
+                every = int(value)
+            else:
+                flags += [str(OPTIONS[key]), value]
+        return cls(text, sampler, scheduler, tuple(flags), every)
 WITHIN = 0.05  # "found a good GAN": within 5 % of the best recorded value
 
 
@@ -73,7 +106,7 @@ def scales(space: SearchSpace) -> dict[str, Scale]:
 def tune_config(plan: Plan, sampler: str, scheduler: str) -> Any:
     """The runner's own Tune configuration, with the sampler or the scheduler a strategy swaps."""
     import optuna
-    from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
@@ -88,17 +121,24 @@ def tune_config(plan: Plan, sampler: str, scheduler: str) -> Any:
         config = dataclasses.replace(config, search_alg=ConcurrencyLimiter(searcher, plan.max_concurrent))
     if scheduler == "fifo":
         config = dataclasses.replace(config, scheduler=FIFOScheduler())
+    if scheduler == "wandb":  # the same bands, judged on each evaluation's own value
+        goal = objective(plan.settings.fid_n)
+        config = dataclasses.replace(config, scheduler=ASHAScheduler(
+            time_attr="training_iteration", metric=goal.key, mode=goal.mode, max_t=plan.max_evals,
+            grace_period=plan.grace_period, reduction_factor=plan.reduction_factor))
     return config
 
 
-def replay_once(argv: list[str], curves: Curves, strategy: str, seed: int, scratch: Path) -> pd.DataFrame:
+def replay_once(argv: list[str], curves: Curves, strategy: Strategy, seed: int,
+                scratch: Path) -> pd.DataFrame:
     """One replay: every result served, in arrival order, with the compute spent up to it."""
     from ray import tune
 
-    name = f"{strategy.replace('+', '-')}-{seed}"
-    plan = make_plan(search_args([*argv, "--seed", str(seed), "--storage", str(scratch), "--name", name]))
-    sampler, scheduler = STRATEGIES[strategy]
-    curves = dataclasses.replace(curves, seed=seed)
+    name = "".join(c if c.isalnum() else "-" for c in strategy.name) + f"-{seed}"
+    plan = make_plan(search_args([*argv, *strategy.flags, "--seed", str(seed), "--storage", str(scratch),
+                                  "--name", name]))
+    sampler, scheduler = strategy.sampler, strategy.scheduler
+    curves = dataclasses.replace(curves, seed=seed, every=strategy.every)
     tuner = tune.Tuner(
         tune.with_parameters(ReplayTrial, curves=curves),
         tune_config=tune_config(plan, sampler, scheduler),
@@ -114,7 +154,7 @@ def replay_once(argv: list[str], curves: Curves, strategy: str, seed: int, scrat
     served = pd.DataFrame(rows).sort_values("reported_at", kind="stable").reset_index(drop=True)
     served["compute"] = served[DEVICE_SECONDS].cumsum()
     served["best"] = served[curves.metric].cummin()
-    served["strategy"], served["replay"] = strategy, seed
+    served["strategy"], served["replay"] = strategy.name, seed
     return served
 
 
@@ -189,8 +229,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--table", type=Path, required=True,
                    help="a learning-curve table (bench/learning_curves.py)")
     p.add_argument("--replays", type=int, default=20, help="replays per strategy, each its own seed")
-    p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated, of "
-                   + ", ".join(STRATEGIES))
+    p.add_argument("--strategies", default=";".join(STRATEGIES), help="separated by ';', each "
+                   "SAMPLER+SCHEDULER[:grace=G,rf=R,every=K] (default: " + "; ".join(STRATEGIES) + ")")
     p.add_argument("--time-scale", type=float, default=1 / 600, help="wall seconds slept per recorded second")
     p.add_argument("--at", type=float, help="the fixed compute (device-seconds) to compare the best at")
     p.add_argument("--bias-draws", type=int, default=2000,
@@ -203,11 +243,14 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args, rest = parse(sys.argv[1:] if argv is None else argv)
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    unknown = [s for s in strategies if s not in STRATEGIES]
-    if unknown or not args.table.is_file() or args.replays < 1:
-        print(f"replay: unknown strategies {unknown}" if unknown else f"replay: no table {args.table}"
-              if not args.table.is_file() else "replay: --replays must be at least 1", file=sys.stderr)
+    try:
+        strategies = [Strategy.parse(s.strip()) for s in args.strategies.split(";") if s.strip()]
+    except ValueError as err:
+        print(f"replay: --strategies {err}", file=sys.stderr)
+        return 2
+    if not args.table.is_file() or args.replays < 1:
+        print(f"replay: no table {args.table}" if not args.table.is_file() else
+              "replay: --replays must be at least 1", file=sys.stderr)
         return 2
     plan = make_plan(search_args([*rest, "--storage", tempfile.gettempdir()]))
     metric = objective(plan.settings.fid_n).key
@@ -220,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         for strategy in strategies:
             for seed in range(args.replays):
                 parts.append(replay_once(rest, curves, strategy, seed, Path(scratch)))
-                print(f"replay {strategy} seed {seed}: best {parts[-1]['best'].min():.2f} after "
+                print(f"replay {strategy.name} seed {seed}: best {parts[-1]['best'].min():.2f} after "
                       f"{parts[-1]['compute'].iloc[-1] / 3600:.2f} device-hours", flush=True)
     ray.shutdown()
     served = pd.concat(parts, ignore_index=True)
@@ -240,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
 def summarise(served: pd.DataFrame, curves: Curves, args: argparse.Namespace, plan: Plan) -> list[str]:
     best = curves.best()
     target = best * (1 + WITHIN)
-    sweep = served[served["strategy"].str.endswith("fifo")].groupby("replay")["compute"].max()
+    sweep = served[served["strategy"].str.contains("+fifo", regex=False)].groupby("replay")["compute"].max()
     at = args.at or (float(sweep.median()) / 2 if len(sweep) else float(served["compute"].max()) / 2)
     rng = np.random.default_rng(0)
     rows = []

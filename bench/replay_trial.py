@@ -60,6 +60,7 @@ class Curves:
     scales: dict[str, Scale]
     time_scale: float = 0.0  # wall seconds slept per recorded second
     seed: int = 0  # the replay's: which recorded seed a trial serves
+    every: int = 1  # serve every that many recorded evaluations (a coarser evaluation interval)
     configs: dict[int, dict[str, Any]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -84,11 +85,19 @@ class Curves:
         return best, far(self.configs[best])
 
     def curve(self, config_id: int, trial_id: str) -> pd.DataFrame:
-        """One recorded seed's evaluations of ``config_id``, in order."""
+        """One recorded seed's evaluations of ``config_id``, in order; with ``every`` > 1, every
+        ``every``-th of them (and the last: where the run ended), each charged the training of the
+        recorded intervals it covers and one evaluation."""
         mine = self.rows[self.rows["config_id"] == config_id]
         seeds = sorted(mine["seed"].unique())
         pick = seeds[zlib.crc32(f"{self.seed}:{trial_id}".encode()) % len(seeds)]
-        return mine[mine["seed"] == pick].sort_values("eval").reset_index(drop=True)
+        run = mine[mine["seed"] == pick].sort_values("eval").reset_index(drop=True)
+        if self.every == 1:
+            return run
+        kept = (run["eval"] % self.every == 0) | (run.index == len(run) - 1)
+        trained = run["train_seconds"].cumsum()[kept]
+        coarse = run[kept].assign(train_seconds=trained.diff().fillna(trained.iloc[0]).to_numpy())
+        return coarse.assign(eval=range(1, len(coarse) + 1)).reset_index(drop=True)
 
     def best(self) -> float:
         """The best value of the metric any recorded evaluation reached (lower is better)."""

@@ -66,12 +66,41 @@ def test_a_suggestion_meets_the_nearest_recorded_configuration(tmp_path: Path) -
     assert list(served["eval"]) == [1, 2, 3, 4] and served["seed"].nunique() == 1
 
 
+def test_a_coarser_interval_serves_every_kth_evaluation_with_the_training_between(tmp_path: Path) -> None:
+    curves = Curves.read(write_table(tmp_path / "t.csv"), "fid256", SCALES, every=3)
+    served = curves.curve(1, "a")  # recorded at evaluations 1-4: served 3, and 4 where the run ended
+    assert list(served["step"]) == [7500, 10000] and list(served["eval"]) == [1, 2]
+    assert list(served["train_seconds"]) == [303.0, 101.0] and list(served["eval_seconds"]) == [20.0, 20.0]
+    assert list(served["fid256"]) == [250.0, 240.0]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("tpe+asha", ("tpe", "asha", (), 1)),
+    ("random+wandb:grace=2", ("random", "wandb", ("--grace-period", "2"), 1)),
+    ("tpe+asha:rf=3,every=2", ("tpe", "asha", ("--reduction-factor", "3"), 2)),
+])
+def test_a_strategy_names_its_sampler_scheduler_and_numbers(text: str, expected: tuple) -> None:
+    from replay import Strategy
+
+    got = Strategy.parse(text)
+    assert (got.sampler, got.scheduler, got.flags, got.every) == expected
+
+
+@pytest.mark.parametrize("text", ["tpe", "grid+asha", "tpe+hyperband", "tpe+asha:grace=0", "tpe+asha:eta=3"])
+def test_a_strategy_that_is_not_one_is_refused(text: str) -> None:
+    from replay import Strategy
+
+    with pytest.raises(ValueError, match=r"a strategy is|options are"):
+        Strategy.parse(text)
+
+
 @pytest.mark.integration
 def test_a_replay_serves_the_recorded_curves_through_the_real_driver(tmp_path: Path) -> None:
     table = write_table(tmp_path / "t.csv")
     out = tmp_path / "served.csv"
     command = [sys.executable, str(REPO / "bench" / "replay.py"), "shapes", "--table", str(table),
-               "--replays", "2", "--strategies", "tpe+asha,random+fifo", "--num-samples", "5",
+               "--replays", "2", "--strategies", "tpe+asha;random+fifo;tpe+wandb:every=2",
+               "--num-samples", "5",
                "--time-scale", "0.001", "--bias-draws", "300", "--out", str(out),
                "--plot", str(tmp_path / "replay.png"), "--no-record"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -81,10 +110,12 @@ def test_a_replay_serves_the_recorded_curves_through_the_real_driver(tmp_path: P
     recorded = pd.read_csv(table)
     assert (served["torch_imported"] == 0).all()  # the workers stayed small
     for _, row in served.iterrows():  # every result is a recorded evaluation of its configuration
-        match = recorded[(recorded["config_id"] == row["config_id"])
-                         & (recorded["eval"] == row["training_iteration"])]
+        match = recorded[(recorded["config_id"] == row["config_id"]) & (recorded["step"] == row["step"])]
         assert row["fid256"] in set(match["fid256"])
-        assert row["device_seconds"] in set(match["train_seconds"] + match["eval_seconds"])
+        if "every" not in row["strategy"]:
+            assert row["device_seconds"] in set(match["train_seconds"] + match["eval_seconds"])
+    coarse = served[served["strategy"] == "tpe+wandb:every=2"]
+    assert set(coarse["step"]) <= {5000, 10000} and coarse["training_iteration"].max() <= 2
     for (strategy, _), rows in served.groupby(["strategy", "replay"]):
         assert rows["trial_id"].nunique() == 5
         assert rows["compute"].iloc[-1] == pytest.approx(rows["device_seconds"].sum())
@@ -98,3 +129,4 @@ def test_a_replay_serves_the_recorded_curves_through_the_real_driver(tmp_path: P
     assert (served["distance"] > 0).any()  # and the rest met the table at its nearest configuration
     assert "Mapping bias (300 random draws" in done.stdout and (tmp_path / "replay.png").is_file()
     assert "| tpe+asha | 2 |" in done.stdout and "| random+fifo | 2 |" in done.stdout
+    assert "| tpe+wandb:every=2 | 2 |" in done.stdout
