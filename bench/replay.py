@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     served = pd.concat(parts, ignore_index=True)
     out = args.out or args.table.with_name(args.table.stem + "-replays.csv")
     served.drop(columns=[c for c in served if c.startswith("config/")]).to_csv(out, index=False)
-    lines = summarise(served, curves, args, plan)
+    lines = [*summarise(served, curves, args, plan), "", *what_the_metric_tells(curves, served, plan)]
     if args.bias_draws:
         rng = np.random.default_rng(0)
         lines += ["", *mapping_bias(curves, plan.space, args.bias_draws, plan.num_samples, rng)]
@@ -302,6 +302,48 @@ def summarise(served: pd.DataFrame, curves: Curves, args: argparse.Namespace, pl
             "recorded device-hours.", "",
             *table(["strategy", "replays", f"within {WITHIN:.0%} of the best", "device-hours to get there",
                     f"best {curves.metric} by {at / 3600:.2f} device-hours"], rows)]
+
+
+
+def what_the_metric_tells(curves: Curves, served: pd.DataFrame, plan: Plan) -> list[str]:
+    """What ASHA bets on, read from the table: does a run's metric at evaluation k rank runs as their
+    final one does (Spearman's rho over the table's runs), how often ASHA's stops in the replays
+    ended a configuration that finishes in the table's top 3, and, on ``shapes``, whether the metric
+    ranks generators as the exact decoder's mode coverage does (and KID beside it)."""
+    from scipy.stats import spearmanr
+
+    rows, metric = curves.rows, curves.metric
+    final = rows.sort_values("eval").groupby("run")[metric].last()
+    cells = []
+    for k in range(1, plan.max_evals + 1):
+        at = rows[rows["eval"] == k].set_index("run")[metric]
+        both = pd.concat([at, final], axis=1, join="inner").dropna()
+        if len(both) >= 3:
+            rho = spearmanr(both.iloc[:, 0], both.iloc[:, 1]).statistic
+            cells.append(f"eval {k}: {rho:+.2f} ({len(both)})")
+    lines = [f"Rank at evaluation k against the final {metric} (Spearman's rho, runs): " + "; ".join(cells)
+             if cells else "Too few runs in the table to rank (fewer than 3)."]
+    top3 = set(rows.sort_values("eval").groupby("config_id")[metric].last().nsmallest(3).index)
+    recorded = rows.groupby("config_id")["eval"].max()  # how far each configuration's curve goes
+    asha = served[served["strategy"].str.contains("+asha", regex=False)
+                  & ~served["strategy"].str.contains("every", regex=False)]
+    if len(asha):
+        ends = asha.groupby(["strategy", "replay", "trial_id"]).agg(
+            evals=("training_iteration", "max"), config=("config_id", "first"))
+        left = recorded.reindex(ends["config"]).to_numpy()
+        stopped = ends[(ends["evals"] < plan.max_evals) & (ends["evals"] < left)]  # cut, not ended
+        hit = int(stopped["config"].isin(top3).sum())
+        lines.append(f"ASHA's stops in the replays: {len(stopped)}; {hit} of them ended one of the table's "
+                     f"top 3 configurations by final {metric}.")
+    for other in ("mode_coverage", "kid"):
+        if other in rows and metric != other:
+            pair = rows[[metric, other]].dropna()
+            if len(pair) >= 3:
+                rho = spearmanr(pair[metric], pair[other]).statistic
+                lines.append(f"{metric} against {other} over every recorded evaluation: rho {rho:+.2f} "
+                             f"({len(pair)} evaluations; {'-1' if other == 'mode_coverage' else '+1'}: they "
+                             "rank alike).")
+    return lines
 
 
 if __name__ == "__main__":

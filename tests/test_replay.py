@@ -130,3 +130,6 @@ def test_a_replay_serves_the_recorded_curves_through_the_real_driver(tmp_path: P
     assert "Mapping bias (300 random draws" in done.stdout and (tmp_path / "replay.png").is_file()
     assert "| tpe+asha | 2 |" in done.stdout and "| random+fifo | 2 |" in done.stdout
     assert "| tpe+wandb:every=2 | 2 |" in done.stdout
+    # the made-up curves keep their order from the first evaluation on (c02 and c03 tie at the end)
+    assert "against the final fid256 (Spearman's rho, runs): eval 1: +0.99 (7)" in done.stdout
+    assert "ASHA's stops in the replays: " in done.stdout
