@@ -52,6 +52,9 @@ def test_smoke_search_against_tracking_server(tmp_path: Path, mlflow_server: str
     client = MlflowClient(mlflow_server)
     parent = client.get_run(state["parent_run_id"])
     assert parent.data.params["dataset"] == "shapes" and parent.data.tags["metric"] == f"{FID}_best"
+    # the search's identity, as its record holds it, less the database URLs (they may carry a password)
+    assert {"space_file_sha256", "fid_n", "seed", "cpus_per_trial"} <= set(parent.data.params)
+    assert not {"mlflow_uri", "study_storage"} & set(parent.data.params)
     children = _children(client, state["experiment_id"], parent.info.run_id)
     assert len(children) == 4  # one run per trial, no more
     outcomes = [c.data.tags.get("outcome") for c in children]

@@ -311,6 +311,9 @@ def _local_tracking_uri(plan: Plan) -> str:
     return store.default_tracking_uri(Path(plan.experiment_dir))
 
 
+PRIVATE = ("mlflow_uri", "study_storage")  # in the search's own record, never in a run's params
+
+
 def _parent_run(plan: Plan, client: Any, uri: str, measured: dict[str, str]) -> SearchRecord:
     if plan.resume:
         return read_record(plan)
@@ -322,9 +325,10 @@ def _parent_run(plan: Plan, client: Any, uri: str, measured: dict[str, str]) -> 
     goal = objective(plan.settings.fid_n)
     experiment_id = store.ensure_experiment(client, plan.name, location, goal.best_key)
     identity = SearchIdentity.of(plan)
-    # the parent run's params: what defines the search, as the record holds it (MLflow keeps strings)
-    params = {**{k: v for k, v in identity.as_json().items() if v is not None}, "argv": " ".join(plan.argv),
-              **measured}
+    # the parent run's params: what defines the search, as the record holds it (MLflow keeps strings),
+    # less the database URLs, which may carry a password
+    params = {**{k: v for k, v in identity.as_json().items() if v is not None and k not in PRIVATE},
+              "argv": " ".join(plan.argv), **measured}
     tags = {"git_commit": git_commit(), "space_file": str(plan.space.path),
             store.METRIC_TAG: goal.best_key, **measured}
     run_id = store.start_parent_run(client, experiment_id, plan.name, params, tags)
