@@ -22,7 +22,7 @@ the band between the replays' 2.5th and 97.5th percentiles.
 ``--bias``: how the nearest-configuration mapping bends random sampling. Drawn from the space, the
 recorded configurations are not hit equally often (their cells in the space's scaling differ in
 size), so a replay of random sampling picks some more often than a draw from the table would; the
-section reports the hit frequencies against uniform and the expected best final value of N trials
+section reports the hit frequencies against uniform and the expected best value of N trials
 both ways.
 
     PYTHONPATH=. python bench/replay.py shapes --table bench/curves/shapes-cpu.csv --replays 20
@@ -180,7 +180,8 @@ def median_interval(values: list[float], rng: np.random.Generator, draws: int = 
 def mapping_bias(curves: Curves, space: SearchSpace, draws: int, n: int,
                  rng: np.random.Generator) -> list[str]:
     """How often random draws from the space land on each recorded configuration, and the expected
-    best final value of ``n`` trials drawn that way against ``n`` drawn from the table uniformly."""
+    best value (each configuration at its best evaluation) of ``n`` trials drawn that way against ``n``
+    drawn from the table uniformly."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -193,10 +194,11 @@ def mapping_bias(curves: Curves, space: SearchSpace, draws: int, n: int,
         study.tell(trial, 0.0)
     ids = sorted(hits)
     p = np.array([hits[i] for i in ids], dtype=float) / draws
-    final = curves.rows.sort_values("eval").groupby("config_id")[curves.metric].min().reindex(ids).to_numpy()
+    # what a trial of each configuration finds: its best evaluation (the search keeps the best so far)
+    best = curves.rows.groupby("config_id")[curves.metric].min().reindex(ids).to_numpy()
     picks_mapped = rng.choice(len(ids), size=(4000, n), p=p)
     picks_uniform = rng.integers(0, len(ids), size=(4000, n))
-    mapped, uniform = final[picks_mapped].min(1).mean(), final[picks_uniform].min(1).mean()
+    mapped, uniform = best[picks_mapped].min(1).mean(), best[picks_uniform].min(1).mean()
     return [f"Mapping bias ({draws} random draws from the space, {len(ids)} recorded configurations): each "
             f"recorded configuration is hit {p.min():.3f} to {p.max():.3f} of the time (uniform: "
             f"{1 / len(ids):.3f}); the expected best {curves.metric} of {n} random trials is {mapped:.2f} "

@@ -163,10 +163,11 @@ def check_resumable(plan: Plan) -> None:
         _check_tune_state(Path(plan.experiment_dir))
     if record.identity is None:
         return  # written before searches recorded their identity: nothing to compare
-    differ = SearchIdentity.of(plan).differences(record.identity)
+    identity = SearchIdentity.of(plan)  # hashes the space file: once
+    differ = identity.differences(record.identity)
     if not differ:
         return
-    key, now = differ[0], SearchIdentity.of(plan).as_json()
+    key, now = differ[0], identity.as_json()
     what = (f"its space file {plan.space.path} has changed" if key == "space_file_sha256"
             else f"it started with {key} {record.identity[key]!r}, this command gives {now[key]!r}")
     more = f" (and {', '.join(differ[1:])})" if len(differ) > 1 else ""
