@@ -34,6 +34,31 @@ def test_a_held_search_refuses_a_second_driver_naming_the_holder(tmp_path: Path)
     second.release()
 
 
+def test_a_driver_refused_in_the_holders_first_instant_still_names_it(tmp_path: Path) -> None:
+    """The holder takes the flock, empties the file, then writes its record: a second driver that
+    reads in between (two --resume started together, CI) waits for the record instead of naming
+    nobody."""
+    import fcntl
+
+    tmp_path.joinpath("s").mkdir()
+    path = tmp_path / "s" / locks.LOCK_FILE
+    holder = path.open("a+")
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, the record not yet written
+
+    def write_late() -> None:
+        time.sleep(0.3)
+        holder.write(json.dumps(locks.holder_record("the first")))
+        holder.flush()
+
+    writer = threading.Thread(target=write_late)
+    writer.start()
+    named = rf"being run by another driver \(process {os.getpid()} .*the first\)"
+    with pytest.raises(ConfigError, match=named):
+        locks.LocalLock(tmp_path / "s", "second").acquire()
+    writer.join()
+    holder.close()
+
+
 def test_a_lock_taken_for_nothing_leaves_no_folder(tmp_path: Path) -> None:
     lock = locks.LocalLock(tmp_path / "typo", "x")
     lock.acquire()

@@ -69,8 +69,7 @@ class LocalLock:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            f.seek(0)
-            held = _parse(f.read())
+            held = _holder(f)
             f.close()
             raise refusal(str(self.path.parent), held) from None
         f.seek(0)
@@ -149,6 +148,18 @@ class Lease:
                 return _parse(stream.read().decode(errors="replace"))
         except FileNotFoundError:
             return {}
+
+
+def _holder(f: IO[str], wait_s: float = 2.0) -> dict[str, Any]:
+    """The record of the process holding the flock. A holder that has just taken it empties the file
+    and writes its record a moment later; a reader in between waits for it rather than name nobody."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        f.seek(0)
+        held = _parse(f.read())
+        if held or time.monotonic() > deadline:
+            return held
+        time.sleep(0.02)
 
 
 def _alive(held: dict[str, Any]) -> bool:
