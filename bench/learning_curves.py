@@ -45,12 +45,11 @@ from typing import Any
 import pandas as pd
 from asha_vs_fifo import sample_configs
 from common import BENCH, add_common_args, report, table
+from curve_table import COMPLETED
 
 from orchestrator.search.cli import parse_args as search_args
 from orchestrator.search.plan import Plan, make_plan
 
-ID_COLUMNS = ("run", "config_id", "seed", "eval", "step", "train_seconds", "eval_seconds", "seconds",
-              "ended", "config")
 HORIZONS_MIN = (5, 10, 15, 20)  # the summary's columns: minutes of one trial's compute
 
 
@@ -156,7 +155,7 @@ def train_run(plan: Plan, run: Run, done: int, table_path: str, work: str, threa
         if runner.verdict is not None:
             ended = runner.verdict.mode
         if not ended and len(runner.history) == plan.max_evals:
-            ended = "completed"
+            ended = COMPLETED
         if os.getppid() != parent:  # the recording was killed: a resumed one takes the run on
             return run.run
         runner.save(checkpoint)  # first: a crash between the two leaves the row to be re-derived

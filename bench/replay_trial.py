@@ -9,10 +9,17 @@ by the difference of logarithms over its log range, another number by its differ
 range, a categorical one by 0 or 1; squared and summed (``nearest``). Of a configuration recorded
 with several seeds, each trial serves one, drawn from the replay's seed and the trial's id.
 
-``ReplayTrial`` reports one recorded evaluation per Tune iteration, with the recorded seconds as
-``device_seconds`` (the compute the real trial spent on it), after sleeping them times
-``Curves.time_scale`` so that trials finish in the order their recorded compute says. No torch in
-its worker: this module imports none, and what it reports says whether any got imported.
+``Curves.synthetic`` makes such a table without training: seeded curves whose floor depends on how
+far a configuration lies from a hidden optimum of the space (so a sampler has something to learn),
+some of them failing part-way, every evaluation costing the same recorded seconds (issue 28).
+
+``ReplayTrial`` reports one recorded evaluation per Tune iteration, as the GAN trainable would
+(every recorded metric, the step, the report keys of ``orchestrator.trial_report``), with the
+recorded seconds as ``device_seconds`` (the compute the real trial spent on it), after sleeping them
+times ``Curves.time_scale`` so that trials finish in the order their recorded compute says. Its
+checkpoints hold what a GAN trial's hold for the driver to read (``Artifacts``: a real generator
+file and a sample grid, made once on the driver, and the report). No torch in its worker: this
+module imports none, and what it reports says whether any got imported.
 """
 
 from __future__ import annotations
@@ -26,9 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from curve_table import COMPLETED, ID_COLUMNS
 from ray import tune
 from ray.tune.result import DONE
+
+from orchestrator import trial_report as keys
 
 DEVICE_SECONDS = "device_seconds"  # the recorded compute of the evaluation a result serves
 
@@ -75,6 +86,29 @@ class Curves:
     def read(cls, path: Path, metric: str, scales: dict[str, Scale], **kw: Any) -> Curves:
         return cls(pd.read_csv(path), metric, scales, **kw)
 
+    @classmethod
+    def synthetic(cls, configs: list[dict[str, Any]], metric: str, scales: dict[str, Scale], evals: int,
+                  seconds: float, seed: int = 0, fail: float = 0.1, **kw: Any) -> Curves:
+        """One seeded made-up curve per configuration, ``evals`` evaluations of ``seconds`` each:
+        the metric falls from about 300 towards a floor of 40 plus 200 times the configuration's
+        squared distance from a hidden optimum (drawn from ``seed``, in the space's scaling), with
+        5 % noise; a fraction ``fail`` of the runs fail part-way (``mode_collapse``)."""
+        rng = np.random.default_rng(seed)
+        optimum = {k: (float(rng.uniform()) if s.kind != "category" else None) for k, s in scales.items()}
+        rows = []
+        for i, config in enumerate(configs):
+            far = sum(_away(s, config.get(k), optimum[k], seed) ** 2 for k, s in scales.items())
+            floor = 40.0 + 200.0 * far / max(1, len(scales))
+            failed_at = int(rng.integers(1, evals + 1)) if rng.uniform() < fail else 0
+            for k in range(1, (failed_at or evals) + 1):
+                value = (floor + (300.0 - floor) * math.exp(-k / 2)) * float(rng.lognormal(0, 0.05))
+                ended = "mode_collapse" if k == failed_at else COMPLETED if k == evals else ""
+                rows.append({"run": f"c{i:04d}-s0", "config_id": i, "seed": 0, "eval": k, "step": k,
+                             "train_seconds": 0.8 * seconds, "eval_seconds": 0.2 * seconds,
+                             "seconds": k * seconds, "ended": ended, "config": json.dumps(config),
+                             metric: value})
+        return cls(pd.DataFrame(rows), metric, scales, **kw)
+
     def nearest(self, config: dict[str, Any]) -> tuple[int, float]:
         """The recorded configuration nearest ``config`` and its distance (0: recorded exactly)."""
         def far(recorded: dict[str, Any]) -> float:
@@ -104,37 +138,72 @@ class Curves:
         return float(self.rows[self.metric].min())
 
 
+def _away(scale: Scale, value: Any, optimum: float | None, seed: int) -> float:
+    """How far ``value`` lies from the hidden optimum, 0 to 1: a number by its position in the
+    space's scaling, a category by a seeded draw per choice; a conditional key the configuration
+    does not have, not at all."""
+    if value is None:
+        return 0.0
+    if scale.kind == "category" or optimum is None:
+        return (zlib.crc32(f"{seed}:{value}".encode()) % 1000) / 1000
+    x, lo, hi = float(value), scale.low, scale.high
+    if scale.kind == "log":
+        x, lo, hi = math.log(x), math.log(lo), math.log(hi)
+    return abs((x - lo) / (hi - lo) - optimum) if hi > lo else 0.0
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """What every checkpoint of a replayed trial holds besides its own state, as a GAN trial's
+    does: ``files`` (name, bytes: a generator file, a sample grid), made once on the driver, and
+    the last report as JSON under ``report_file``. Empty: the state alone."""
+
+    report_file: str = ""
+    files: tuple[tuple[str, bytes], ...] = ()
+
+
 class ReplayTrial(tune.Trainable):
-    def setup(self, config: dict[str, Any], curves: Curves) -> None:  # type: ignore[override]
-        self.curves = curves
+    def setup(self, config: dict[str, Any], curves: Curves,  # type: ignore[override]
+              artifacts: Artifacts = Artifacts()) -> None:
+        self.curves, self.artifacts = curves, artifacts
         self._serve(config)
 
     def _serve(self, config: dict[str, Any]) -> None:
         self.config_id, self.distance = self.curves.nearest(config)
-        self.served = self.curves.curve(self.config_id, self.trial_id)
-        self.at, self.best = 0, math.inf
+        self.served = self.curves.curve(self.config_id, self.trial_id).to_dict("records")
+        self.at, self.best, self.started_at = 0, math.inf, time.time()
+        self.last_report: dict[str, Any] = {}
 
     def step(self) -> dict[str, Any]:
-        row = self.served.iloc[self.at]
+        row = self.served[self.at]
         seconds = float(row["train_seconds"]) + float(row["eval_seconds"])
         time.sleep(seconds * self.curves.time_scale)
-        value = float(row[self.curves.metric])
+        metric = self.curves.metric
+        value = float(row[metric])
         self.best = min(self.best, value) if math.isfinite(value) else self.best
         self.at += 1
         last = self.at >= len(self.served)
         ended = str(row["ended"]) if last else ""  # "completed", or the failure that stopped the run
-        failed = "" if ended in ("", "completed") else ended
-        return {
-            self.curves.metric: value, f"{self.curves.metric}_best": self.best, DEVICE_SECONDS: seconds,
-            "step": int(row["step"]), "config_id": self.config_id, "distance": self.distance,
-            "failure": failed, "failure_mode": failed,
-            "torch_imported": int("torch" in sys.modules), "reported_at": time.time(),
-            **({DONE: True} if last else {}),
+        failed = "" if ended in ("", COMPLETED) else ended
+        recorded = {k: float(v) for k, v in row.items()  # every metric the recording computed
+                    if k not in ID_COLUMNS and isinstance(v, int | float) and not isinstance(v, bool)}
+        self.last_report = {
+            **recorded, metric: value, f"{metric}_best": self.best, DEVICE_SECONDS: seconds,
+            keys.STEP: int(row["step"]), keys.STARTED_AT: self.started_at, keys.REPORTED_AT: time.time(),
+            keys.FAILURE: failed, keys.FAILURE_MODE: failed,
+            "config_id": self.config_id, "distance": self.distance,
+            "torch_imported": int("torch" in sys.modules),
         }
+        return {**self.last_report, **({DONE: True} if last else {})}
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
+        folder = Path(checkpoint_dir)
         state = {"config_id": self.config_id, "at": self.at, "best": self.best}
-        (Path(checkpoint_dir) / "replay.json").write_text(json.dumps(state))
+        (folder / "replay.json").write_text(json.dumps(state))
+        for name, data in self.artifacts.files:
+            (folder / name).write_bytes(data)
+        if self.artifacts.report_file:
+            (folder / self.artifacts.report_file).write_text(json.dumps(self.last_report, default=float))
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:  # type: ignore[override]
         state = json.loads((Path(checkpoint_dir) / "replay.json").read_text())

@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,9 +103,12 @@ class StopRequest:
         return Terminated() if self.signum == signal.SIGTERM else KeyboardInterrupt()
 
 
-def run_search(plan: Plan) -> int:
+def run_search(plan: Plan, trial: Any = None, callbacks: Sequence[Any] = ()) -> int:
     """Prepare the data and the reference statistics once, start (or join) Ray, run the Tuner, sum
-    up. Every check a user can fail was made while ``plan`` was built."""
+    up. Every check a user can fail was made while ``plan`` was built. For measuring the driver
+    itself (``bench/scale.py``): ``trial``, a Tune trainable to run instead of the GAN's, given the
+    plan's resources (``bench/replay_trial.py`` serves a learning curve), and ``callbacks``, Tune
+    callbacks beside the search's own."""
     for key, value in DRIVER_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     import ray
@@ -123,7 +126,7 @@ def run_search(plan: Plan) -> int:
     on_interrupt(f"the search is kept in {plan.experiment_dir}; continue it: {resume_command(plan)}")
     logger, sheet_logger = _loggers(plan, tracking_uri, record)
 
-    trainable = _trainable(plan, data, reference, real_ref)
+    trainable = _trainable(plan, data, reference, real_ref) if trial is None else _with_resources(plan, trial)
     clock.lap("ray_start")
     started = time.time()
     stop = StopRequest(logger.mark_interrupted)
@@ -133,7 +136,7 @@ def run_search(plan: Plan) -> int:
                                        resume_errored=True)
         else:
             tuner = tune.Tuner(trainable, tune_config=_tune_config(plan),
-                               run_config=_run_config(plan, [logger, sheet_logger]))
+                               run_config=_run_config(plan, [logger, sheet_logger, *callbacks]))
         stop.install()
         results = tuner.fit()
         catch_signals()
@@ -163,11 +166,15 @@ def _trainable(plan: Plan, data: CachedDataset, reference: FeatureStats, real_re
 
     from orchestrator.search.trainable import GanTrainable
 
-    return tune.with_resources(
-        tune.with_parameters(GanTrainable, settings=plan.settings, data=data, reference=reference,
-                             real_ref=real_ref, fid_weights=plan.fid_weights),
-        {"cpu": plan.resources["cpu"], "gpu": plan.resources["gpu"]},
-    )
+    return _with_resources(plan, tune.with_parameters(
+        GanTrainable, settings=plan.settings, data=data, reference=reference, real_ref=real_ref,
+        fid_weights=plan.fid_weights))
+
+
+def _with_resources(plan: Plan, trainable: Any) -> Any:
+    from ray import tune
+
+    return tune.with_resources(trainable, {"cpu": plan.resources["cpu"], "gpu": plan.resources["gpu"]})
 
 
 def _real_side(

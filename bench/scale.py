@@ -1,0 +1,365 @@
+"""A search the size of a real cluster, measured on this machine by simulation (issue 28).
+
+Each size (``TRIALSxAT_ONCE``) runs in a process of its own: a local multi-node Ray cluster of
+logical GPUs (nodes of 8 GPUs, a head that runs no trials), joined with ``--address``, and the
+product's driver (``runner.run_search``: the same plan, Optuna sampler, ASHA, MLflow logger, contact
+sheets, summary and report page) running ``replay_trial.ReplayTrial`` instead of GAN trials: seeded
+synthetic curves (``Curves.synthetic``, one per configuration drawn from the space), each evaluation
+slept for ``--interval`` simulated seconds times ``--time-scale``, checkpoints holding a real
+generator file and a real sample grid (made once here, from the space's start point, untrained),
+no torch in the trials' workers. ``--gpus-per-trial 0.25``: four trials a GPU, so 256 at once is 64
+GPUs. Any flag of ``python -m orchestrator.search`` is taken and means what it means there
+(``--mlflow-uri`` for a tracking server, sqlite beside the results by default).
+
+Measured per size, from a meter the driver runs as one more Tune callback and timers around the
+sampler, the MLflow client and the contact sheets (this process only: the product is unchanged):
+- orchestration overhead: 1 - busy trial seconds / (wall x slots), over the whole search and over
+  the part of it where trials were still waiting to start (the tail, where fewer trials than slots
+  remain, is the schedule's and not the driver's);
+- the driver's CPU seconds per reported result, early (the first quarter of the trials finished)
+  and late (the last quarter), and its peak memory (resident set); the GCS's peak beside it;
+- the time from a trial's end to the next trial's start (the slot it freed), the sampler's time per
+  suggestion, MLflow calls per second and the store's size, each contact-sheet redraw;
+- the summary (timings.json), and ``python -m orchestrator.report`` on the finished search;
+- with ``--resume SIZE``: that search's driver is killed (SIGKILL, Ray with it) once half its trials
+  have ended, then ``--resume`` is run, and the time until its first result is measured.
+
+    python bench/scale.py shapes --sizes 16x16,64x16,64x64,256x64,256x256,1000x256 --interval 60 \\
+        --time-scale 0.25 --fid-n 256 --resume 1000x256
+    python bench/scale.py shapes --sizes 8x4 --max-evals 3 --time-scale 0.02 --fid-n 64 --no-record
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import json
+import math
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from common import add_common_args, report, table
+from ray import tune
+
+from orchestrator.tracking.store import ARTIFACTS_FOLDER, STORE_FILE
+
+BENCH = Path(__file__).resolve().parent
+GPU_SHARE, GPUS_PER_NODE = 0.25, 8
+EVENTS, MEASURED = "events.csv", "measured.json"  # what the search's own process leaves per size
+FIELDS = ("kind", "at", "cpu", "trial_id", "busy")
+
+
+class Meter(tune.Callback):
+    """One more Tune callback of the driver (picklable: Tune keeps it with the experiment state, and
+    a resumed search goes on writing): one line per trial start, result, end and error, with the
+    wall clock, this process's CPU seconds and the seconds the trial spent on the iteration."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def _write(self, kind: str, trial: Any, busy: float = 0.0) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerow([kind, f"{time.time():.4f}", f"{time.process_time():.4f}", trial.trial_id,
+                                    f"{busy:.4f}"])
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._write("start", trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self._write("result", trial, float(result.get("time_this_iter_s", 0.0)))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._write("end", trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._write("end", trial)
+
+
+def timing(owner: Any, name: str, into: list[float]) -> None:
+    """Wrap ``owner.name`` so each call's seconds are appended to ``into``."""
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    def wrapped(*a: Any, **kw: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return original(*a, **kw)
+        finally:
+            into.append(time.perf_counter() - start)
+
+    setattr(owner, name, wrapped)
+
+
+def artifacts(plan: Any) -> Any:
+    """A real generator file and sample grid of the space's first start point (untrained), in the
+    files a GAN trial's checkpoint holds them in: what the driver reads and logs is real."""
+    import dataclasses
+
+    from replay_trial import Artifacts
+
+    from orchestrator.config import TrialConfig
+    from orchestrator.data import dataset as datasets
+    from orchestrator.gan.checkpoints import GENERATOR_FILE, GRID_FILE, REPORT_FILE, save_generator
+    from orchestrator.gan.step import build_state, fixed_latents, generate
+    from orchestrator.images import grid_image, save_png
+    from orchestrator.trial import GRID_SIZE
+
+    config = TrialConfig.from_dict(dict(plan.space.start[0]) if plan.space.start else {}, source="scale")
+    data = datasets.prepare_dataset(datasets.spec_for(plan.settings), plan.settings.cache_dir)  # cached
+    state = build_state(config, data.channels, data.resolution, "cpu", 0)
+    with tempfile.TemporaryDirectory() as scratch:
+        save_generator(state, Path(scratch) / GENERATOR_FILE)
+        grid = grid_image(generate(state, fixed_latents(config.nz, GRID_SIZE, 0)))
+        save_png(grid, Path(scratch) / GRID_FILE)
+        files = tuple((name, (Path(scratch) / name).read_bytes()) for name in (GENERATOR_FILE, GRID_FILE))
+    return dataclasses.replace(Artifacts(), report_file=REPORT_FILE, files=files)
+
+
+def simulate(size: str, out: Path, rest: list[str], interval: float, time_scale: float, resume: bool) -> int:
+    """One size, in this process: the cluster, the driver, the meters; what they measured to
+    ``out``."""
+    trials, at_once = (int(x) for x in size.split("x"))
+    gpus = math.ceil(at_once * GPU_SHARE)
+    from asha_vs_fifo import sample_configs
+    from ray.cluster_utils import Cluster
+    from replay import scales
+    from replay_trial import Curves, ReplayTrial
+
+    from orchestrator.metrics.registry import objective
+    from orchestrator.search import runner
+    from orchestrator.search.cli import parse_args as search_args
+    from orchestrator.search.plan import make_plan
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # trials stay off the head
+    for first in range(0, gpus, GPUS_PER_NODE):
+        on_node = min(GPUS_PER_NODE, gpus - first)
+        cluster.add_node(num_gpus=on_node, num_cpus=int(on_node / GPU_SHARE))
+    cluster.wait_for_nodes()
+    argv = [*rest, "--num-samples", str(trials), "--max-concurrent", str(at_once), "--gpus-per-trial",
+            str(GPU_SHARE), "--cpus-per-trial", "1", "--address", cluster.address, "--storage",
+            str(out / "runs"), "--name", f"scale-{size}", *(["--resume"] if resume else [])]
+    plan = make_plan(search_args(argv))
+    metric = objective(plan.settings.fid_n).key
+    configs = sample_configs(plan.space, trials, plan.settings.seed)
+    curves = Curves.synthetic(configs, metric, scales(plan.space), plan.max_evals, interval,
+                              seed=plan.settings.seed, time_scale=time_scale)
+    trial = tune.with_parameters(ReplayTrial, curves=curves, artifacts=artifacts(plan))
+    timers: dict[str, list[float]] = {"suggest": [], "sheets": [], "mlflow": []}
+    from mlflow import MlflowClient
+    from ray.tune.search.optuna import OptunaSearch
+
+    from orchestrator.views import sheets
+
+    timing(OptunaSearch, "suggest", timers["suggest"])
+    timing(sheets, "write_sheets", timers["sheets"])
+    for call in ("log_batch", "log_artifact", "log_artifacts", "log_image", "create_run", "set_terminated",
+                 "set_tag", "log_metric", "log_param", "search_runs"):
+        timing(MlflowClient, call, timers["mlflow"])
+    started = time.time()
+    try:
+        code = runner.run_search(plan, trial, [Meter(out / EVENTS)])
+    finally:
+        measured = {"size": size, "resume": resume, "started": started, "ended": time.time(),
+                    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "gcs_peak_mib": _peak_mib("gcs_server"), "cpu_s": time.process_time(),
+                    "timers": timers, "experiment": plan.experiment_dir}
+        name = MEASURED.replace(".json", "-resume.json" if resume else ".json")
+        (out / name).write_text(json.dumps(measured))
+        import ray
+
+        ray.shutdown()  # the driver's connection first: the cluster refuses to drop its head under it
+        cluster.shutdown()
+    return code
+
+
+def _peak_mib(process: str) -> float:
+    """The largest peak resident set (VmHWM) among this machine's processes named ``process``."""
+    peak = 0.0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        hwm = re.search(r"VmHWM:\s+(\d+)", text)
+        if hwm and re.search(rf"^Name:\s+{re.escape(process)}", text, re.M):
+            peak = max(peak, int(hwm.group(1)) / 1024)
+    return peak
+
+
+def events(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / EVENTS, names=FIELDS).sort_values("at", kind="stable").reset_index(drop=True)
+
+
+def summarise(out: Path, at_once: int) -> dict[str, Any]:
+    """The figures of one size, from what its process left in ``out``."""
+    seen = events(out)
+    measured = json.loads((out / MEASURED).read_text())
+    timings = json.loads((Path(measured["experiment"]) / "timings.json").read_text()) \
+        if (Path(measured["experiment"]) / "timings.json").is_file() else {}
+    starts, results, ends = (seen[seen["kind"] == k] for k in ("start", "result", "end"))
+    busy = float(results["busy"].sum())
+    wall = float(seen["at"].max() - starts["at"].min())
+    last_start = float(starts["at"].max())  # after it, no trial waits for a slot
+    early = results[results["at"] <= last_start]
+    busy_early = float(early["busy"].sum())
+    # CPU per result, by how many trials had ended: the first quarter of them against the last
+    ended_by = np.searchsorted(np.sort(ends["at"].to_numpy()), results["at"].to_numpy())
+    quarter = max(1, len(ends) // 4)
+
+    def cpu_per_result(mask: np.ndarray) -> float:
+        rows = results[mask]
+        return float(rows["cpu"].diff().iloc[1:].mean()) if len(rows) > 2 else math.nan
+
+    gaps = []  # a slot's end to the next start
+    free = sorted(ends["at"])
+    for at in starts["at"].iloc[at_once:]:
+        before = [e for e in free if e <= at]
+        if before:
+            gaps.append(at - before[-1])
+    suggest, sheets_s, mlflow = (np.asarray(measured["timers"][k]) for k in ("suggest", "sheets", "mlflow"))
+    here = Path(measured["experiment"])  # a local store: the sqlite file and the artifacts beside
+    files = [here / STORE_FILE, *(here / ARTIFACTS_FOLDER).rglob("*")]
+    store = sum(f.stat().st_size for f in files if f.is_file())
+    return {
+        "trials": len(starts["trial_id"].unique()), "results": len(results),
+        "overhead": 1 - busy / (wall * at_once),
+        "overhead_waiting": 1 - busy_early / ((last_start - float(starts["at"].min())) * at_once)
+        if last_start > starts["at"].min() else math.nan,
+        "cpu_per_result_early_ms": 1000 * cpu_per_result(ended_by < quarter),
+        "cpu_per_result_late_ms": 1000 * cpu_per_result(ended_by >= len(ends) - quarter),
+        "peak_rss_mib": measured["peak_rss_mib"], "gcs_peak_mib": measured["gcs_peak_mib"],
+        "gap_median_s": float(np.median(gaps)) if gaps else math.nan,
+        "gap_p95_s": float(np.percentile(gaps, 95)) if gaps else math.nan,
+        "suggest_median_ms": 1000 * float(np.median(suggest)) if len(suggest) else math.nan,
+        "suggest_last_ms": 1000 * float(np.median(suggest[-max(1, len(suggest) // 10):]))
+        if len(suggest) else math.nan,
+        "mlflow_calls_per_s": len(mlflow) / wall, "mlflow_seconds": float(mlflow.sum()),
+        "store_mib": store / 2**20,
+        "sheets_max_s": float(sheets_s.max()) if len(sheets_s) else math.nan,
+        "sheets_last_s": float(sheets_s[-1]) if len(sheets_s) else math.nan,
+        "summary_s": float(timings.get("summary", math.nan)), "wall_s": wall,
+    }
+
+
+def time_report(out: Path) -> float:
+    measured = json.loads((out / MEASURED).read_text())
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "orchestrator.report", measured["experiment"], "--out",
+                           str(out / "report")], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"report failed: {done.stderr.strip().splitlines()[-1:]}")
+    return time.perf_counter() - start
+
+
+def run_size(size: str, out: Path, args: argparse.Namespace, rest: list[str], resume: bool = False,
+             kill_at: float = 0.0) -> int:
+    """``simulate`` in a child process (its own session: killed with its Ray); with ``kill_at``,
+    SIGKILLed once that fraction of its trials has ended."""
+    out.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, __file__, "--one", size, "--out", str(out), "--interval", str(args.interval),
+               "--time-scale", str(args.time_scale), *(["--resume-run"] if resume else []), *rest]
+    log = (out / ("resume.log" if resume else "search.log")).open("a")
+    child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                             env={**os.environ, "PYTHONPATH": f"{BENCH.parent}{os.pathsep}{BENCH}"})
+    trials = int(size.split("x")[0])
+    while child.poll() is None:
+        time.sleep(1)
+        if kill_at and (out / EVENTS).is_file() and (events(out)["kind"] == "end").sum() >= kill_at * trials:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            return -9
+    return child.returncode
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", default="16x16,64x16,64x64,256x64",
+                   help="TRIALSxAT_ONCE, comma-separated (default 16x16,64x16,64x64,256x64)")
+    p.add_argument("--interval", type=float, default=60.0, help="simulated seconds an evaluation takes")
+    p.add_argument("--time-scale", type=float, default=0.25, help="wall seconds slept per simulated one")
+    p.add_argument("--resume", help="a size whose search is killed half-way and resumed")
+    p.add_argument("--work", type=Path, help="where the searches go (default: a temporary folder)")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # the child process of one size
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--resume-run", action="store_true", help=argparse.SUPPRESS)
+    add_common_args(p, device=False)
+    return p.parse_known_args(argv)
+
+
+COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [  # the table's: a heading, a row's cell
+    ("trials", lambda r: f"{r['trials']}"), ("results", lambda r: f"{r['results']}"),
+    ("overhead (all)", lambda r: f"{r['overhead']:.1%}"),
+    ("overhead (trials waiting)", lambda r: f"{r['overhead_waiting']:.1%}"),
+    ("driver CPU/result, early / late (ms)",
+     lambda r: f"{r['cpu_per_result_early_ms']:.0f} / {r['cpu_per_result_late_ms']:.0f}"),
+    ("driver / GCS peak (MiB)", lambda r: f"{r['peak_rss_mib']:.0f} / {r['gcs_peak_mib']:.0f}"),
+    ("end to next start (s, median / p95)", lambda r: f"{r['gap_median_s']:.2f} / {r['gap_p95_s']:.2f}"),
+    ("suggest (ms, median / last 10 %)",
+     lambda r: f"{r['suggest_median_ms']:.0f} / {r['suggest_last_ms']:.0f}"),
+    ("MLflow calls/s", lambda r: f"{r['mlflow_calls_per_s']:.1f}"),
+    ("MLflow store (MiB)", lambda r: f"{r['store_mib']:.0f}"),
+    ("sheets redraw (s, max / last)", lambda r: f"{r['sheets_max_s']:.1f} / {r['sheets_last_s']:.1f}"),
+    ("summary (s)", lambda r: f"{r['summary_s']:.0f}"),
+    ("report (s)", lambda r: f"{r.get('report_s', math.nan):.1f}"),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, rest = parse(sys.argv[1:] if argv is None else argv)
+    if args.one:
+        return simulate(args.one, args.out, rest, args.interval, args.time_scale, args.resume_run)
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    if bad := [s for s in [*sizes, args.resume or "1x1"] if not re.fullmatch(r"[1-9]\d*x[1-9]\d*", s)]:
+        print(f"scale: {bad[0]!r} is not a size TRIALSxAT_ONCE (e.g. 256x64)", file=sys.stderr)
+        return 2
+    work = args.work or Path(tempfile.mkdtemp(prefix="scale-"))
+    rows, lines = [], []
+    for size in sizes:
+        out = work / size
+        started = time.time()
+        code = run_size(size, out, args, rest)
+        if code != 0 or not (out / MEASURED).is_file():
+            lines.append(f"- {size}: the search did not finish (exit {code}); its log: {out / 'search.log'}")
+            print(lines[-1], flush=True)
+            continue
+        row = summarise(out, int(size.split("x")[1]))
+        row["report_s"] = time_report(out)
+        rows.append((size, row))
+        print(f"{size}: {time.time() - started:.0f} s; " + ", ".join(
+            f"{label} {cell(row)}" for label, cell in COLUMNS), flush=True)
+    if args.resume:
+        out = work / f"{args.resume}-resume"
+        run_size(args.resume, out, args, rest, kill_at=0.5)
+        restarted = time.time()
+        run_size(args.resume, out, args, rest, resume=True)
+        after = events(out)
+        first = after[(after["kind"] == "result") & (after["at"] > restarted)]["at"]
+        wait = float(first.min() - restarted) if len(first) else math.nan
+        lines.append(f"- Resume of {args.resume}: killed (SIGKILL, its Ray with it) once half its trials had "
+                     f"ended; `--resume` reported its first result {wait:.0f} s after it was started.")
+    head = [f"Simulated: evaluations of {args.interval:g} s slept {args.time_scale:g}x "
+            f"({args.interval * args.time_scale:g} s of wall each); {GPU_SHARE:g} GPU a trial on nodes of "
+            f"{GPUS_PER_NODE} logical GPUs; this machine: {os.cpu_count()} cores. Search flags: "
+            f"`{' '.join(rest)}`.", ""]
+    body = table(["size", *(label for label, _ in COLUMNS)],
+                 [[s, *(cell(r) for _, cell in COLUMNS)] for s, r in rows])
+    report("scale", "cpu", [*head, *body, "", *lines], args)
+    pd.DataFrame([{"size": s, **r} for s, r in rows]).to_csv(work / "scale.csv", index=False)
+    print(f"every figure: {work / 'scale.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
