@@ -108,16 +108,16 @@ def tune_config(plan: Plan, sampler: str, scheduler: str) -> Any:
     import optuna
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     from orchestrator.search.runner import _tune_config
+    from orchestrator.space.sampling import make_searcher
 
     config = _tune_config(plan)
-    if sampler == "random":
+    if sampler == "random":  # the runner's searcher, start points first, with random draws after
         goal = objective(plan.settings.fid_n)
-        searcher = OptunaSearch(plan.space.define_by_run, metric=goal.best_key, mode=goal.mode,
-                                points_to_evaluate=plan.space.points_to_evaluate(),
-                                sampler=optuna.samplers.RandomSampler(seed=plan.settings.seed))
+        searcher = make_searcher(plan.space, metric=goal.best_key, mode=goal.mode, seed=plan.settings.seed,
+                                 num_samples=plan.num_samples,
+                                 sampler=optuna.samplers.RandomSampler(seed=plan.settings.seed))
         config = dataclasses.replace(config, search_alg=ConcurrencyLimiter(searcher, plan.max_concurrent))
     if scheduler == "fifo":
         config = dataclasses.replace(config, scheduler=FIFOScheduler())

@@ -105,18 +105,15 @@ def timing(owner: Any, name: str, into: list[float]) -> None:
 def artifacts(plan: Any) -> Any:
     """A real generator file and sample grid of the space's first start point (untrained), in the
     files a GAN trial's checkpoint holds them in: what the driver reads and logs is real."""
-    import dataclasses
-
     from replay_trial import Artifacts
 
-    from orchestrator.config import TrialConfig
     from orchestrator.data import dataset as datasets
     from orchestrator.gan.checkpoints import GENERATOR_FILE, GRID_FILE, REPORT_FILE, save_generator
     from orchestrator.gan.step import build_state, fixed_latents, generate
     from orchestrator.images import grid_image, save_png
     from orchestrator.trial import GRID_SIZE
 
-    config = TrialConfig.from_dict(dict(plan.space.start[0]) if plan.space.start else {}, source="scale")
+    config = plan.space.trial_config(plan.space.start[0] if plan.space.start else {})
     data = datasets.prepare_dataset(datasets.spec_for(plan.settings), plan.settings.cache_dir)  # cached
     state = build_state(config, data.channels, data.resolution, "cpu", 0)
     with tempfile.TemporaryDirectory() as scratch:
@@ -124,7 +121,7 @@ def artifacts(plan: Any) -> Any:
         grid = grid_image(generate(state, fixed_latents(config.nz, GRID_SIZE, 0)))
         save_png(grid, Path(scratch) / GRID_FILE)
         files = tuple((name, (Path(scratch) / name).read_bytes()) for name in (GENERATOR_FILE, GRID_FILE))
-    return dataclasses.replace(Artifacts(), report_file=REPORT_FILE, files=files)
+    return Artifacts(REPORT_FILE, files)
 
 
 def simulate(size: str, out: Path, rest: list[str], interval: float, time_scale: float, resume: bool) -> int:

@@ -178,8 +178,10 @@ def make_searcher(
     storage: str | None = None,
     study_name: str | None = None,
     num_samples: int = 16,
+    sampler: optuna.samplers.BaseSampler | None = None,
 ) -> OptunaSearch:
-    """Ray's OptunaSearch over ``space``: start points first, then TPE; ``storage`` a DB URL."""
+    """Ray's OptunaSearch over ``space``: start points first, then TPE (or ``sampler``: the
+    replays of bench/replay.py compare random sampling); ``storage`` a DB URL."""
     from ray.tune.search.optuna import OptunaSearch  # ray is slow to import; loading needn't
 
     name = study_name or f"{space.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -192,7 +194,7 @@ def make_searcher(
         metric=metric,
         mode=mode,
         points_to_evaluate=points,
-        sampler=make_sampler(space, seed, num_samples),
+        sampler=sampler or make_sampler(space, seed, num_samples),
         study_name=name,
         storage=db,
     )
