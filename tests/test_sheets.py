@@ -120,3 +120,58 @@ def test_the_callback_redraws_as_results_arrive_and_logs_on_the_parent_run(tmp_p
     assert index["1"]["cells"][0]["label"].splitlines()[2] == "lr_g 0.0002"  # only the keys asked for
     logged = {a.path for a in client.list_artifacts(parent, "contact_sheets")}
     assert logged == {f"contact_sheets/{name}" for name in ("eval_0001.png", "eval_0002.png", "index.json")}
+
+
+def test_a_page_is_drawn_again_only_when_what_it_shows_changed(tmp_path: Path) -> None:
+    """Forty trials at one evaluation are three pages; a second drawing with nothing new draws none,
+    and the worst trial's end redraws only the last page (the one it is on)."""
+    for i in range(40):
+        sheets.record_card(tmp_path, f"t{i:02d}", {"lr_g": 1e-4})
+        sheets.record_frame(tmp_path, f"t{i:02d}", 1, 40, 100.0 + i, _png(i))
+    first = sheets.write_sheets(tmp_path, "fid128", [1])
+    assert [p.name for p in first] == ["eval_0001.png", "eval_0001-p2.png", "eval_0001-p3.png", "index.json"]
+    assert [p.name for p in sheets.write_sheets(tmp_path, "fid128", [1])] == ["index.json"]
+    sheets.record_card(tmp_path, "t39", {"lr_g": 1e-4}, "stopped_early", "", 1)
+    assert [p.name for p in sheets.write_sheets(tmp_path, "fid128", [1], evals={1})] == [
+        "eval_0001-p3.png", "index.json"]
+    cells = json.loads((tmp_path / "index.json").read_text())["sheets"]["1"]["cells"]
+    assert cells[-1]["trial_id"] == "t39" and cells[-1]["described"] == "stopped early at rung 1 (eval 1)"
+    (tmp_path / "eval_0001.png").unlink()  # a page lost from the folder is drawn again
+    assert [p.name for p in sheets.write_sheets(tmp_path, "fid128", [1])] == ["eval_0001.png", "index.json"]
+
+
+def test_pages_mlflow_did_not_take_are_logged_at_the_next_refresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page is drawn once; if the tracking server is down when it is, the callback keeps it and
+    logs it when the server answers, although nothing on the page changed in between."""
+    from mlflow import MlflowClient
+
+    from orchestrator.search import sheet_logger
+    from orchestrator.tracking.store import default_tracking_uri, ensure_experiment, start_parent_run
+
+    uri = default_tracking_uri(tmp_path)
+    client = MlflowClient(uri)
+    experiment = ensure_experiment(client, "s", (tmp_path / "art").as_uri())
+    parent = start_parent_run(client, experiment, "s", {}, {})
+    logger = sheet_logger.ContactSheetLogger(tmp_path / "sheets", "fid128", [1], 2, ["lr_g"], uri, parent,
+                                             "s", refresh_s=0)
+    sheets.record_card(logger.folder, "t1", {"lr_g": 1e-4})
+    sheets.record_frame(logger.folder, "t1", 1, 40, 200.0, _png(50))
+
+    class Unreachable(Exception):
+        pass
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise Unreachable("connection refused")
+
+    monkeypatch.setattr(sheet_logger, "unreachable_errors", lambda: (Unreachable,))
+    with monkeypatch.context() as outage:
+        outage.setattr(MlflowClient, "log_artifact", down)
+        logger._dirty.add(1)
+        logger.on_experiment_end([])
+    assert (logger.folder / "eval_0001.png").is_file()
+    assert not client.list_artifacts(parent, "contact_sheets")
+    logger.on_experiment_end([])  # the server is back; the page is not drawn again, but logged
+    logged = {a.path for a in client.list_artifacts(parent, "contact_sheets")}
+    assert logged == {"contact_sheets/eval_0001.png", "contact_sheets/index.json"}

@@ -35,6 +35,7 @@ class ContactSheetLogger(tune.Callback):
         self.params, self.name, self.refresh_s = params, name, refresh_s
         self.tracking_uri, self.parent_run_id = tracking_uri, parent_run_id
         self._dirty: set[int] = set()
+        self._unlogged: set[Path] = set()  # drawn, not in MLflow yet (a page unchanged is not drawn again)
         self._drawn_at = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
@@ -77,10 +78,10 @@ class ContactSheetLogger(tune.Callback):
         self._refresh()
 
     def _refresh(self, force: bool = False) -> None:
-        """Redraw the sheets that changed, at most every ``refresh_s`` (a page takes about a second
-        of the driver's loop), and log them; an unreachable tracking server leaves them for the
-        next refresh."""
-        if not self._dirty or (not force and time.monotonic() - self._drawn_at < self.refresh_s):
+        """Redraw the sheets that changed, at most every ``refresh_s``, and log the pages drawn; what
+        an unreachable tracking server did not take is logged at the next refresh."""
+        waiting = bool(self._dirty or self._unlogged)
+        if not waiting or (not force and time.monotonic() - self._drawn_at < self.refresh_s):
             return
         self._drawn_at = time.monotonic()
         try:
@@ -89,11 +90,13 @@ class ContactSheetLogger(tune.Callback):
         except (OSError, ValueError) as err:  # a picture must never stop the search
             log.warning("contact sheets not drawn: %s", err)
             return
-        try:
-            client = MlflowClient(self.tracking_uri)
-            for path in written:
-                client.log_artifact(self.parent_run_id, str(path), ARTIFACT_FOLDER)
-        except unreachable_errors() as err:  # called only on an error
-            log.warning("contact sheets not logged to MLflow yet: %s", str(err).splitlines()[0])
-            return
         self._dirty.clear()
+        self._unlogged.update(written)
+        client = MlflowClient(self.tracking_uri)
+        for path in sorted(self._unlogged):
+            try:
+                client.log_artifact(self.parent_run_id, str(path), ARTIFACT_FOLDER)
+            except unreachable_errors() as err:  # called only on an error
+                log.warning("contact sheets not logged to MLflow yet: %s", str(err).splitlines()[0])
+                return
+            self._unlogged.discard(path)

@@ -16,6 +16,8 @@ caller logs the files (``tracking/sheet_logger.py`` during a search).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,16 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from matplotlib.figure import Figure
-from PIL import Image
+from matplotlib import colors, font_manager
+from PIL import Image, ImageDraw, ImageFont
 
 from orchestrator.atomic import atomic_write
 from orchestrator.trial_report import COMPLETED, FAILED, STOPPED
-from orchestrator.views.plots import CUT, save
+from orchestrator.views.plots import CUT
 
 FRAMES, INDEX, CARD = "frames", "index.json", "card.json"
 PAGE, COLUMNS = 16, 4  # cells a page: a sheet of 64 trials is four pages a person can still read
+PICTURE, PAD, LINE = 264, 8, 12  # a cell's grid (pixels a side), the space round it, a label line
 RUNNING = "running"
 BORDER: dict[str, str] = {COMPLETED: "tab:green", STOPPED: "tab:orange", FAILED: CUT}  # where a trial ended
 
@@ -60,6 +62,10 @@ class Cell:
         if self.outcome == FAILED:
             return f"failed: {self.failure_mode or 'error'} (eval {self.ended_at})"
         return self.outcome
+
+    def frame(self) -> str | None:
+        """The colour of the frame round its grid: only at the evaluation the trial ended at."""
+        return BORDER.get(self.outcome) if self.ended_at == self.evals else None
 
     def label(self, fid_key: str, rungs: Sequence[int]) -> str:
         fid = f"{self.fid:.4g}" if math.isfinite(self.fid) else str(self.fid)
@@ -116,9 +122,13 @@ def read_cells(folder: Path) -> dict[int, list[Cell]]:
 def write_sheets(folder: Path, fid_key: str, rungs: Sequence[int], mode: str = "min",
                  evals: Iterable[int] | None = None, name: str = "") -> list[Path]:
     """Draw the sheets of ``evals`` (all by default) from the recorded frames, and the index of
-    every sheet; returns the files written (the caller logs them)."""
+    every sheet; returns the files written (the caller logs them). A page whose title and cells
+    (labels, outcomes, pictures) are those it was last drawn with is not drawn again: the index
+    keeps each page's fingerprint."""
     by_eval = read_cells(folder)
     ended = {c.trial_id: c for cells in by_eval.values() for c in cells if c.ended_at == c.evals}
+    before = _read_json(folder / INDEX).get("sheets", {}) if (folder / INDEX).is_file() else {}
+    chosen = None if evals is None else set(evals)
     index, written = {}, []
     for k, cells in by_eval.items():
         ranked = rank(cells, mode)
@@ -126,18 +136,25 @@ def write_sheets(folder: Path, fid_key: str, rungs: Sequence[int], mode: str = "
         pages = [ranked[i:i + PAGE] for i in range(0, len(ranked), PAGE)]
         files = [folder / (f"eval_{k:04d}.png" if p == 0 else f"eval_{k:04d}-p{p + 1}.png")
                  for p in range(len(pages))]
+        titles = [(f"{name + ': ' if name else ''}evaluation {k} (step {ranked[0].step}): "
+                   f"{len(ranked)} trial{'s' if len(ranked) > 1 else ''}, best {fid_key} first"
+                   + (f", page {p + 1} of {len(pages)}" if len(pages) > 1 else "")
+                   + (f"; {len(gone)} ended before" if gone else "")) for p in range(len(pages))]
+        prints = [_fingerprint(t, page, fid_key, rungs) for t, page in zip(titles, pages, strict=True)]
         index[str(k)] = {"step": ranked[0].step, "pages": [f.name for f in files], "ended_before": gone,
+                         "drawn": prints,
                          "cells": [{"trial_id": c.trial_id, "fid": c.fid, "outcome": c.outcome,
                                     "described": c.describe(rungs), "label": c.label(fid_key, rungs),
                                     "page": i // PAGE + 1} for i, c in enumerate(ranked)]}
-        if evals is not None and k not in set(evals):
+        if chosen is not None and k not in chosen:
+            index[str(k)]["drawn"] = before.get(str(k), {}).get("drawn", [])  # what its files still show
             continue
+        drawn = before.get(str(k), {}).get("drawn", [])
         for p, (page, path) in enumerate(zip(pages, files, strict=True)):
-            title = (f"{name + ': ' if name else ''}evaluation {k} (step {ranked[0].step}): "
-                     f"{len(ranked)} trial{'s' if len(ranked) > 1 else ''}, best {fid_key} first"
-                     + (f", page {p + 1} of {len(pages)}" if len(pages) > 1 else "")
-                     + (f"; {len(gone)} ended before" if gone else ""))
-            written.append(save(draw_sheet(page, title, fid_key, rungs), path))
+            if p < len(drawn) and drawn[p] == prints[p] and path.is_file():
+                continue  # the page shows this already
+            image = draw_sheet(page, titles[p], fid_key, rungs)
+            written.append(atomic_write(path, functools.partial(image.save, format="PNG")))
     written.append(_write_json(folder / INDEX, {"fid_key": fid_key, "rungs": list(rungs), "sheets": index}))
     return written
 
@@ -149,26 +166,52 @@ def rank(cells: Sequence[Cell], mode: str = "min") -> list[Cell]:
                                         sign * c.fid if math.isfinite(c.fid) else 0.0, c.trial_id))
 
 
-def draw_sheet(cells: Sequence[Cell], title: str, fid_key: str, rungs: Sequence[int]) -> Figure:
-    """The cells in rows of ``COLUMNS``, each grid framed in the colour of where its trial ended
-    (green completed, orange stopped early, red failed, none while running)."""
+def draw_sheet(cells: Sequence[Cell], title: str, fid_key: str, rungs: Sequence[int]) -> Image.Image:
+    """The cells in rows of ``COLUMNS``, each grid under its label and framed in the colour of where
+    its trial ended (green completed, orange stopped early, red failed, none while running).
+
+    Drawn with Pillow, not matplotlib as the other pictures are: a page of 16 grids took 1.2 s of
+    the driver in matplotlib (its layout engine), and a search of 1,000 trials has 200 pages."""
+    labels = [cell.label(fid_key, rungs).splitlines() for cell in cells]
+    text_h = LINE * max((len(lines) for lines in labels), default=1)
+    cell_w, cell_h = PICTURE + 2 * PAD, text_h + PICTURE + 2 * PAD
     rows = max(1, math.ceil(len(cells) / COLUMNS))
-    fig = Figure(figsize=(2.7 * COLUMNS, 3.5 * rows + 0.4), layout="constrained")
-    fig.suptitle(title, fontsize="medium")
-    axes = fig.subplots(rows, COLUMNS, squeeze=False).ravel()
-    for ax in axes:
-        ax.set_axis_off()
-    for ax, cell in zip(axes, cells, strict=False):
-        with Image.open(cell.png) as image:
-            ax.imshow(np.asarray(image.convert("RGB")), interpolation="nearest")
-        ax.set_title(cell.label(fid_key, rungs), fontsize=7, loc="left", family="monospace")
-        color = BORDER.get(cell.outcome) if cell.ended_at == cell.evals else None
-        if color is not None:  # the evaluation the trial ended at: a frame round its grid
-            ax.set_axis_on()
-            ax.set(xticks=[], yticks=[])
-            for spine in ax.spines.values():
-                spine.set(color=color, linewidth=3)
-    return fig
+    head = 2 * LINE + PAD
+    page = Image.new("RGB", (COLUMNS * cell_w, head + rows * cell_h), "white")
+    draw = ImageDraw.Draw(page)
+    draw.text((PAD, PAD // 2), title, fill="black", font=_font(False, 13))
+    for i, (cell, lines) in enumerate(zip(cells, labels, strict=True)):
+        x, y = (i % COLUMNS) * cell_w + PAD, head + (i // COLUMNS) * cell_h
+        draw.multiline_text((x, y), "\n".join(lines), fill="black", font=_font(True, 10), spacing=2)
+        with Image.open(cell.png) as grid:
+            picture = grid.convert("RGB")
+        scale = PICTURE / max(picture.size)
+        resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
+        picture = picture.resize((round(picture.width * scale), round(picture.height * scale)), resample)
+        top = y + text_h + PAD // 2
+        page.paste(picture, (x, top))
+        if (color := cell.frame()) is not None:
+            rgb = tuple(round(255 * v) for v in colors.to_rgb(color))
+            draw.rectangle((x - 3, top - 3, x + picture.width + 2, top + picture.height + 2), outline=rgb,
+                           width=3)
+    return page
+
+
+@functools.cache
+def _font(mono: bool, size: int) -> ImageFont.FreeTypeFont:
+    """matplotlib's own DejaVu fonts (it ships them): the sheets read like the other pictures."""
+    family = "monospace" if mono else "sans-serif"
+    return ImageFont.truetype(font_manager.findfont(font_manager.FontProperties(family=[family])), size)
+
+
+def _fingerprint(title: str, cells: Sequence[Cell], fid_key: str, rungs: Sequence[int]) -> str:
+    """What a page shows: its title, and each cell's label, frame colour and picture file."""
+    parts = [title]
+    for cell in cells:
+        stat = cell.png.stat() if cell.png.exists() else None
+        parts += [cell.label(fid_key, rungs), str(cell.frame()), str(cell.png),
+                  f"{stat.st_size}:{stat.st_mtime_ns}" if stat else "missing"]
+    return hashlib.sha1("\x1f".join(parts).encode()).hexdigest()[:16]
 
 
 _NAMES = {"mode_coverage": "classes", "decodable": "clean"}  # short: a cell is narrow
