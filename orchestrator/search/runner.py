@@ -38,7 +38,6 @@ if TYPE_CHECKING:  # what the driver's helpers hand over, without importing Ray'
     from orchestrator.data.dataset import CachedDataset
     from orchestrator.metrics.diversity import RealReference
     from orchestrator.metrics.frechet import FeatureStats
-    from orchestrator.metrics.inception import InceptionExtractor
     from orchestrator.search.sheet_logger import ContactSheetLogger
     from orchestrator.tracking.trial_logger import MlflowTrialLogger
 from orchestrator.views.report_page import SHEETS_FOLDER
@@ -115,13 +114,13 @@ def run_search(plan: Plan, trial: Any = None, callbacks: Sequence[Any] = ()) -> 
     from ray import tune
 
     clock = Clock()
-    data, extractor, reference, real_ref = _real_side(plan, clock)
+    data, fid_network, reference, real_ref = _real_side(plan, clock)
     _start_ray(plan)
     _wait_for_a_node(plan)
     tracking_uri = plan.tracking_uri or _local_tracking_uri(plan)
     client = store.connect(tracking_uri)
     # what the data and the FID's real side turned out to be: tagged on the parent run
-    measured = {"data_key": data.key, "fid_network": extractor.name, "fid_reference_n": str(reference.n)}
+    measured = {"data_key": data.key, "fid_network": fid_network, "fid_reference_n": str(reference.n)}
     record = _parent_run(plan, client, tracking_uri, measured)
     on_interrupt(f"the search is kept in {plan.experiment_dir}; continue it: {resume_command(plan)}")
     logger, sheet_logger = _loggers(plan, tracking_uri, record)
@@ -177,11 +176,10 @@ def _with_resources(plan: Plan, trainable: Any) -> Any:
     return tune.with_resources(trainable, {"cpu": plan.resources["cpu"], "gpu": plan.resources["gpu"]})
 
 
-def _real_side(
-    plan: Plan, clock: Clock
-) -> tuple[CachedDataset, InceptionExtractor, FeatureStats, RealReference]:
-    """The network, the decoded data and the real side of every metric, once, on the driver (its
-    GPU, when it has one): (data, extractor, reference statistics, real reference)."""
+def _real_side(plan: Plan, clock: Clock) -> tuple[CachedDataset, str, FeatureStats, RealReference]:
+    """The decoded data and the real side of every metric, once, on the driver (its GPU, when it
+    has one): (data, the FID network's name, reference statistics, real reference). The network is
+    not kept: the driver runs for the whole search, and the trials load their own."""
     spec = datasets.spec_for(plan.settings)
     extractor = load_inception(plan.fid_weights, device=resolve_device("auto"))  # fails before any data work
     clock.lap("inception")
@@ -192,7 +190,7 @@ def _real_side(
     real = RealImages(data.images, data.key, plan.settings.fid_n, extractor, plan.settings.cache_dir)
     reference, real_ref = real.reference(device=extractor.device)
     clock.lap("reference")
-    return data, extractor, reference, real_ref
+    return data, extractor.name, reference, real_ref
 
 
 def _loggers(
