@@ -219,12 +219,11 @@ def summarise(out: Path, at_once: int) -> dict[str, Any]:
         rows = results[mask]
         return float(rows["cpu"].diff().iloc[1:].mean()) if len(rows) > 2 else math.nan
 
-    gaps = []  # a slot's end to the next start
-    free = sorted(ends["at"])
-    for at in starts["at"].iloc[at_once:]:
-        before = [e for e in free if e <= at]
-        if before:
-            gaps.append(at - before[-1])
+    # a slot's end to the next start: each start after the first wave, from the latest end before it
+    free = np.sort(ends["at"].to_numpy())
+    later = starts["at"].iloc[at_once:].to_numpy()
+    before = np.searchsorted(free, later, side="right") - 1
+    gaps = (later - free[before])[before >= 0].tolist()
     suggest, sheets_s, mlflow = (np.asarray(measured["timers"][k]) for k in ("suggest", "sheets", "mlflow"))
     here = Path(measured["experiment"])  # a local store: the sqlite file and the artifacts beside
     files = [here / STORE_FILE, *(here / ARTIFACTS_FOLDER).rglob("*")]
@@ -270,10 +269,17 @@ def run_size(size: str, out: Path, args: argparse.Namespace, rest: list[str], re
     log = (out / ("resume.log" if resume else "search.log")).open("a")
     child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                              env={**os.environ, "PYTHONPATH": f"{BENCH.parent}{os.pathsep}{BENCH}"})
-    trials = int(size.split("x")[0])
+    trials, ended, read = int(size.split("x")[0]), 0, 0
     while child.poll() is None:
         time.sleep(1)
-        if kill_at and (out / EVENTS).is_file() and (events(out)["kind"] == "end").sum() >= kill_at * trials:
+        if kill_at and (out / EVENTS).is_file():
+            with (out / EVENTS).open("rb") as f:  # only the whole lines appended since the last look
+                f.seek(read)
+                new = f.read()
+            whole = new[:new.rfind(b"\n") + 1]
+            read += len(whole)
+            ended += sum(line.startswith(b"end,") for line in whole.splitlines())
+        if kill_at and ended >= kill_at * trials:
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
             return -9
