@@ -59,6 +59,7 @@ BENCH = Path(__file__).resolve().parent
 GPU_SHARE, GPUS_PER_NODE = 0.25, 8
 EVENTS, MEASURED = "events.csv", "measured.json"  # what the search's own process leaves per size
 FIELDS = ("kind", "at", "cpu", "trial_id", "busy")
+LINGER = 30.0  # seconds a resumed search runs on after its first result (its pace is counted)
 
 
 class Meter(tune.Callback):
@@ -260,26 +261,30 @@ def time_report(out: Path) -> float:
 
 
 def run_size(size: str, out: Path, args: argparse.Namespace, rest: list[str], resume: bool = False,
-             kill_at: float = 0.0) -> int:
-    """``simulate`` in a child process (its own session: killed with its Ray); with ``kill_at``,
-    SIGKILLed once that fraction of its trials has ended."""
+             kill_at: float = 0.0, results_after: float = 0.0) -> int:
+    """``simulate`` in a child process (its own session: killed with its Ray); SIGKILLed once
+    ``kill_at`` of its trials have ended, or ``LINGER`` seconds after its first result later than
+    the wall clock ``results_after`` (a resume: running again is what is measured, not the rest)."""
     out.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, __file__, "--one", size, "--out", str(out), "--interval", str(args.interval),
                "--time-scale", str(args.time_scale), *(["--resume-run"] if resume else []), *rest]
     log = (out / ("resume.log" if resume else "search.log")).open("a")
     child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                              env={**os.environ, "PYTHONPATH": f"{BENCH.parent}{os.pathsep}{BENCH}"})
-    trials, ended, read = int(size.split("x")[0]), 0, 0
+    trials, ended, first, read = int(size.split("x")[0]), 0, math.inf, 0
     while child.poll() is None:
         time.sleep(1)
-        if kill_at and (out / EVENTS).is_file():
+        if (kill_at or results_after) and (out / EVENTS).is_file():
             with (out / EVENTS).open("rb") as f:  # only the whole lines appended since the last look
                 f.seek(read)
                 new = f.read()
             whole = new[:new.rfind(b"\n") + 1]
             read += len(whole)
-            ended += sum(line.startswith(b"end,") for line in whole.splitlines())
-        if kill_at and ended >= kill_at * trials:
+            rows = [line.split(b",") for line in whole.splitlines()]
+            ended += sum(row[0] == b"end" for row in rows)
+            first = min([first, *(float(row[1]) for row in rows if row[0] == b"result"
+                                   and float(row[1]) > results_after)])
+        if (kill_at and ended >= kill_at * trials) or (results_after and time.time() > first + LINGER):
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
             return -9
@@ -345,13 +350,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:
         out = work / f"{args.resume}-resume"
         run_size(args.resume, out, args, rest, kill_at=0.5)
+        before = events(out)
         restarted = time.time()
-        run_size(args.resume, out, args, rest, resume=True)
+        run_size(args.resume, out, args, rest, resume=True, results_after=restarted)
         after = events(out)
         first = after[(after["kind"] == "result") & (after["at"] > restarted)]["at"]
         wait = float(first.min() - restarted) if len(first) else math.nan
-        lines.append(f"- Resume of {args.resume}: killed (SIGKILL, its Ray with it) once half its trials had "
-                     f"ended; `--resume` reported its first result {wait:.0f} s after it was started.")
+        pace = int((first <= first.min() + LINGER).sum()) if len(first) else 0
+        ended = int((before["kind"] == "end").sum())
+        lines.append(f"- Resume of {args.resume}: killed (SIGKILL, its Ray with it) once {ended} of its "
+                     f"trials had ended; `--resume` reported its first result {wait:.0f} s after it was "
+                     f"started, and {pace} results in the {LINGER:.0f} s after that one (then it was "
+                     "stopped: the rest of the search would be the first run's figures again).")
+        print(lines[-1], flush=True)
     head = [f"Simulated: evaluations of {args.interval:g} s slept {args.time_scale:g}x "
             f"({args.interval * args.time_scale:g} s of wall each); {GPU_SHARE:g} GPU a trial on nodes of "
             f"{GPUS_PER_NODE} logical GPUs; this machine: {os.cpu_count()} cores. Search flags: "
