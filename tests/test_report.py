@@ -44,12 +44,14 @@ def check_table(table: pd.DataFrame, parent, html: Path) -> None:
     assert (table["cpu_seconds"] > 0).all()  # a CPU-only search: CPU-seconds
     # the searched hyperparameters that differ between trials, not the fixed ones
     assert {"lr_g", "lr_d"} <= set(table.columns) and not {"nz", "batch_size"} & set(table.columns)
-    # the Pareto front of quality against cost, worked out again from the table's own columns
+    # the Pareto front of quality against cost, worked out again from the table's own columns, among
+    # the trials that ran their whole budget (failed ones and those ASHA cut are not compared)
+    whole = table["outcome"] == "completed"
     front = [not any(o_cost <= cost and o_fid <= fid and (o_cost < cost or o_fid < fid)
-                     for o_cost, o_fid, o_failed in zip(table["cpu_seconds"], table[FID], failed, strict=True)
-                     if not o_failed)
+                     for o_cost, o_fid, o_whole in zip(table["cpu_seconds"], table[FID], whole, strict=True)
+                     if o_whole)
              for cost, fid in zip(table["cpu_seconds"], table[FID], strict=True)]
-    assert table["pareto"].tolist() == [f and not d for f, d in zip(front, failed, strict=True)]
+    assert table["pareto"].tolist() == [f and w for f, w in zip(front, whole, strict=True)]
     assert table.iloc[0]["pareto"]  # nothing beats the best FID on FID
     text = html.read_text()
     assert text.count("<tr") == TRIALS + 1 and all(t in text for t in table["trial"])

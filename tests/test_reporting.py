@@ -50,8 +50,9 @@ def test_the_report_marks_the_front_and_holds_its_pictures(tmp_path: Path) -> No
     report = write_report(_trials(), tmp_path / "r")
     # a quarter GPU a trial: device seconds are a quarter of the wall clock
     assert report["gpu_seconds"].tolist() == [100.0, 125.0, 25.0, 2.5]
-    # a (100 @ 100 s) and b (150 @ 25 s) are on the front; d is beaten by a; c failed
-    assert dict(zip(report["trial"], report["pareto"], strict=True)) == {"a": True, "d": False, "b": True,
+    # a (100 @ 100 s) is on the front; d is beaten by a; b (150 @ 25 s) was cut short by ASHA and is
+    # not compared; c failed
+    assert dict(zip(report["trial"], report["pareto"], strict=True)) == {"a": True, "d": False, "b": False,
                                                                        "c": False}
     assert report["outcome"].tolist()[-1] == "failed (mode_collapse)"
     assert pd.read_csv(tmp_path / "r.csv")["pareto"].tolist() == report["pareto"].tolist()

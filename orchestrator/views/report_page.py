@@ -89,7 +89,8 @@ def _ranked(trials: Trials) -> pd.DataFrame:
         **({"run_id": table["run_id"]} if "run_id" in table else {}),
     })
     failed = table["outcome"] == FAILED
-    report["pareto"] = tradeoff.pareto_front(report[trials.cost], report[fid], trials.goal.mode, ~failed)
+    report["pareto"] = tradeoff.pareto_front(report[trials.cost], report[fid], trials.goal.mode,
+                                             tradeoff.comparable(table["outcome"]))
     order = pd.DataFrame({"failed": failed, "fid": report[fid]}).sort_values(
         ["failed", "fid"], ascending=[True, trials.goal.mode == "min"], kind="stable")
     return report.loc[order.index].reset_index(drop=True)
@@ -185,7 +186,8 @@ def _page(trials: Trials, report: pd.DataFrame, lines: list[str], figures: Mappi
     summary = "".join(f"<p>{html.escape(line)}</p>" for line in lines)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(trials.name)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(trials.name)}</h1>{summary}"
-            "<p>Green rows are on the Pareto front: no other trial is both cheaper and better.</p>"
+            "<p>Green rows are on the Pareto front: no other trial that ran its whole budget is both cheaper "
+            "and better (a trial ASHA stopped is cheap because it was cut, and is not compared).</p>"
             f"<table><tr>{head}</tr>{''.join(rows)}</table>{pictures}</body></html>")
 
 

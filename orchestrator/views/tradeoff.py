@@ -3,12 +3,15 @@
 the best. Pure functions of the report's table; the picture is drawn like ``plots.py``'s.
 
 A failed trial is never on the front and never the pick, as it never wins the search: its FID
-before it collapsed is no generator anyone would keep.
+before it collapsed is no generator anyone would keep. Nor is a trial ASHA stopped early, though it
+is drawn: it is cheap because it was cut, and its FID is where it was cut, not where it would have
+ended, so beside trials that ran their whole budget it is not a choice anyone was offered (the
+learning-curve replays of bench/RESULTS.md compare configurations at equal footing).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,11 @@ from orchestrator.trial_report import FAILED, STOPPED
 from orchestrator.views.plots import CUT, WIDE, save
 
 NEAR = 0.10  # "within 10% of the best FID"
+
+
+def comparable(outcomes: Iterable[str]) -> list[bool]:
+    """The trials quality against cost compares: neither failed nor cut short by ASHA."""
+    return [str(outcome) not in (FAILED, STOPPED) for outcome in outcomes]
 
 
 def pareto_front(cost: Sequence[float], quality: Sequence[float], mode: str = "min",
@@ -40,17 +48,19 @@ def pareto_front(cost: Sequence[float], quality: Sequence[float], mode: str = "m
 
 def cheapest_near_best(table: pd.DataFrame, fid: str, cost: str, mode: str = "min",
                        margin: float = NEAR) -> tuple[int, int] | None:
-    """Row positions of the best trial and of the cheapest one within ``margin`` of its FID
-    (relative; for "max" metrics, at least (1 - margin) of it), failed trials left out; None
-    when no trial has a finite FID."""
+    """Row positions of the best trial (failed ones left out) and of the cheapest one within
+    ``margin`` of its FID (relative; for "max" metrics, at least (1 - margin) of it) among the best
+    and the ``comparable`` trials; None when no trial has a finite FID."""
     values, costs = table[fid].to_numpy(dtype=float), table[cost].to_numpy(dtype=float)
-    ok = np.isfinite(values) & np.isfinite(costs) & (table["outcome"].to_numpy() != FAILED)
+    outcomes = table["outcome"].astype(str).to_numpy()
+    ok = np.isfinite(values) & np.isfinite(costs) & (outcomes != FAILED)
     if not ok.any():
         return None
     sign = 1.0 if mode == "min" else -1.0
     best = int(np.flatnonzero(ok)[np.argmin(sign * values[ok])])
     limit = values[best] * (1 + margin) if mode == "min" else values[best] * (1 - margin)
-    near = ok & ((values <= limit) if mode == "min" else (values >= limit))
+    near = ok & np.asarray(comparable(outcomes)) & ((values <= limit) if mode == "min" else (values >= limit))
+    near[best] = True
     candidates = np.flatnonzero(near)
     cheapest = int(candidates[np.lexsort((sign * values[candidates], costs[candidates]))[0]])
     return best, cheapest
@@ -77,7 +87,8 @@ def _hours(seconds: float, unit: str) -> str:
 
 def draw_quality_vs_cost(table: pd.DataFrame, fid: str, cost: str, unit: str, mode: str = "min") -> Figure:
     """Each trial's best FID against its device-seconds; the Pareto front joined, the best starred,
-    the cheapest within 10% of it ringed; stopped trials hollow, failed ones red crosses."""
+    the cheapest within 10% of it ringed; trials ASHA stopped hollow and off the front, failed ones
+    red crosses."""
     fig = Figure(figsize=(9, 6), layout="constrained")
     ax = fig.subplots()
     x, y = table[cost].to_numpy(dtype=float), table[fid].to_numpy(dtype=float)
@@ -87,12 +98,12 @@ def draw_quality_vs_cost(table: pd.DataFrame, fid: str, cost: str, unit: str, mo
         return fig
     outcomes = table["outcome"].astype(str).to_numpy()
     front = np.asarray(table["pareto"], dtype=bool) if "pareto" in table else np.asarray(
-        pareto_front(x, y, mode, outcomes != FAILED))
+        pareto_front(x, y, mode, comparable(outcomes)))
     failed, stopped = shown & (outcomes == FAILED), shown & (outcomes == STOPPED)
     rest = shown & ~failed & ~stopped
     ax.scatter(x[rest], y[rest], color="tab:blue", label="completed", zorder=3)
-    ax.scatter(x[stopped], y[stopped], facecolors="none", edgecolors="tab:blue", label="stopped early (ASHA)",
-               zorder=3)
+    ax.scatter(x[stopped], y[stopped], facecolors="none", edgecolors="tab:blue", zorder=3,
+               label="stopped early by ASHA (cut short: not compared)")
     ax.scatter(x[failed], y[failed], color=CUT, marker="x", label="failed", zorder=3)
     order = np.argsort(x[front])
     ax.step(x[front][order], y[front][order], where="post", color="black", linewidth=1.2,
@@ -112,7 +123,8 @@ def draw_quality_vs_cost(table: pd.DataFrame, fid: str, cost: str, unit: str, mo
     if finite.min() > 0 and finite.max() / finite.min() > WIDE:
         ax.set_xscale("log")
     ax.set(xlabel=f"{unit}-seconds", ylabel=f"best {fid.removeprefix('best_')}",
-           title=f"quality against cost: {int(shown.sum())} trials, {int(front.sum())} on the Pareto front")
+           title=f"quality against cost: {int(shown.sum())} trials, {int(front.sum())} on the Pareto front "
+                 "of those that ran their whole budget")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     return fig
