@@ -175,3 +175,16 @@ def test_pages_mlflow_did_not_take_are_logged_at_the_next_refresh(
     logger.on_experiment_end([])  # the server is back; the page is not drawn again, but logged
     logged = {a.path for a in client.list_artifacts(parent, "contact_sheets")}
     assert logged == {"contact_sheets/eval_0001.png", "contact_sheets/index.json"}
+
+
+def test_a_sheet_of_hundreds_draws_its_best_pages_and_lists_every_trial(tmp_path: Path) -> None:
+    trials = sheets.PAGE * sheets.MAX_PAGES + 5
+    for i in range(trials):
+        sheets.record_card(tmp_path, f"t{i:03d}", {"lr_g": 1e-4})
+        sheets.record_frame(tmp_path, f"t{i:03d}", 1, 40, 100.0 + i, _png(i % 200))
+    written = sheets.write_sheets(tmp_path, "fid128", [1])
+    assert len(written) == sheets.MAX_PAGES + 1  # the pages and the index
+    sheet = json.loads((tmp_path / "index.json").read_text())["sheets"]["1"]
+    assert len(sheet["pages"]) == sheets.MAX_PAGES and len(sheet["cells"]) == trials
+    assert [c["page"] for c in sheet["cells"][-6:]] == [sheets.MAX_PAGES, None, None, None, None, None]
+    assert sheet["cells"][0]["trial_id"] == "t000"  # the best drawn first; the worst five listed only

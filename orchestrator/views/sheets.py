@@ -10,7 +10,8 @@ caller logs the files (``tracking/sheet_logger.py`` during a search).
     FOLDER/frames/TRIAL/card.json          {"params": {...}, "outcome": ..., "failure_mode": ..., "evals": n}
     FOLDER/frames/TRIAL/eval_0003.png      the trial's grid at its 3rd evaluation
     FOLDER/frames/TRIAL/eval_0003.json     {"step": ..., "fid": ...}
-    FOLDER/eval_0003.png (-p2, -p3, ...)   the sheet of the 3rd evaluation, PAGE trials a page
+    FOLDER/eval_0003.png (-p2, -p3, ...)   the sheet of the 3rd evaluation, PAGE trials a page, at
+                                           most MAX_PAGES pages (the best trials at that evaluation)
     FOLDER/index.json                      every sheet's cells: trial, FID, outcome, label
 """
 
@@ -34,7 +35,8 @@ from orchestrator.views.plots import CUT
 
 FRAMES, INDEX, CARD = "frames", "index.json", "card.json"
 PAGE, COLUMNS = 16, 4  # cells a page: a sheet of 64 trials is four pages a person can still read
-PICTURE, PAD, LINE = 264, 8, 12  # a cell's grid (pixels a side), the space round it, a label line
+MAX_PAGES = 8  # pages an evaluation's sheet draws (its best 128 trials); the index lists every trial
+PICTURE, PAD, LINE = 274, 8, 12  # a cell's grid at most (a 32 px grid's size), the space round it, a line
 RUNNING = "running"
 BORDER: dict[str, str] = {COMPLETED: "tab:green", STOPPED: "tab:orange", FAILED: CUT}  # where a trial ended
 
@@ -133,11 +135,15 @@ def write_sheets(folder: Path, fid_key: str, rungs: Sequence[int], mode: str = "
     for k, cells in by_eval.items():
         ranked = rank(cells, mode)
         gone = sorted({t for t, c in ended.items() if c.ended_at < k})
-        pages = [ranked[i:i + PAGE] for i in range(0, len(ranked), PAGE)]
+        # a search of hundreds of trials draws its best MAX_PAGES pages of each evaluation: a redraw
+        # stays seconds of the driver, and every trial's grid is in its own MLflow run
+        pages = [ranked[i:i + PAGE] for i in range(0, len(ranked), PAGE)][:MAX_PAGES]
         files = [folder / (f"eval_{k:04d}.png" if p == 0 else f"eval_{k:04d}-p{p + 1}.png")
                  for p in range(len(pages))]
+        shown = sum(map(len, pages))
         titles = [(f"{name + ': ' if name else ''}evaluation {k} (step {ranked[0].step}): "
                    f"{len(ranked)} trial{'s' if len(ranked) > 1 else ''}, best {fid_key} first"
+                   + (f" (the best {shown} drawn)" if shown < len(ranked) else "")
                    + (f", page {p + 1} of {len(pages)}" if len(pages) > 1 else "")
                    + (f"; {len(gone)} ended before" if gone else "")) for p in range(len(pages))]
         prints = [_fingerprint(t, page, fid_key, rungs) for t, page in zip(titles, pages, strict=True)]
@@ -145,7 +151,8 @@ def write_sheets(folder: Path, fid_key: str, rungs: Sequence[int], mode: str = "
                          "drawn": prints,
                          "cells": [{"trial_id": c.trial_id, "fid": c.fid, "outcome": c.outcome,
                                     "described": c.describe(rungs), "label": c.label(fid_key, rungs),
-                                    "page": i // PAGE + 1} for i, c in enumerate(ranked)]}
+                                    "page": i // PAGE + 1 if i < shown else None}
+                                   for i, c in enumerate(ranked)]}
         if chosen is not None and k not in chosen:
             index[str(k)]["drawn"] = before.get(str(k), {}).get("drawn", [])  # what its files still show
             continue
@@ -185,9 +192,10 @@ def draw_sheet(cells: Sequence[Cell], title: str, fid_key: str, rungs: Sequence[
         draw.multiline_text((x, y), "\n".join(lines), fill="black", font=_font(True, 10), spacing=2)
         with Image.open(cell.png) as grid:
             picture = grid.convert("RGB")
-        scale = PICTURE / max(picture.size)
-        resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
-        picture = picture.resize((round(picture.width * scale), round(picture.height * scale)), resample)
+        if max(picture.size) > PICTURE:  # a 64 px search's grid: shrunk to a 32 px one's size
+            scale = PICTURE / max(picture.size)
+            picture = picture.resize((round(picture.width * scale), round(picture.height * scale)),
+                                     Image.Resampling.LANCZOS)
         top = y + text_h + PAD // 2
         page.paste(picture, (x, top))
         if (color := cell.frame()) is not None:
