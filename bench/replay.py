@@ -206,25 +206,31 @@ def mapping_bias(curves: Curves, space: SearchSpace, draws: int, n: int,
 
 
 def plot(served: pd.DataFrame, path: Path, metric: str) -> Path:
+    """Best so far against compute, the median and the 2.5-97.5 percentile band over replays: the
+    samplers and schedulers in one panel, ASHA's settings (beside the default) in a second."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = fig.subplots()
+    names = list(dict.fromkeys(served["strategy"]))
+    panels = [[n for n in names if ":" not in n]]
+    if variants := [n for n in names if ":" in n]:
+        panels.append([n for n in names if n == "tpe+asha"] + variants)
+    fig = Figure(figsize=(7 * len(panels), 4.5), layout="constrained")
     grid = np.linspace(0, served["compute"].max(), 200)
-    for strategy, rows in served.groupby("strategy"):
-        curves = np.array([[best_by(r, c) for c in grid] for _, r in rows.groupby("replay")])
-        curves[~np.isfinite(curves)] = np.nan  # before a replay's first result: nothing found yet
-        with warnings.catch_warnings():  # columns where no replay has a result yet stay empty
-            warnings.simplefilter("ignore", RuntimeWarning)
-            median, low, high = (np.nanmedian(curves, 0), np.nanpercentile(curves, 2.5, 0),
-                                 np.nanpercentile(curves, 97.5, 0))
-        line = ax.plot(grid / 3600, median, label=f"{strategy} (median)")[0]
-        ax.fill_between(grid / 3600, low, high, color=line.get_color(), alpha=0.15)
-    ax.set(xlabel="compute spent (device-hours, recorded)", ylabel=f"best {metric} so far", yscale="log")
-    ax.legend()
+    for ax, shown in zip(fig.subplots(1, len(panels), squeeze=False).ravel(), panels, strict=True):
+        for strategy in shown:
+            rows = served[served["strategy"] == strategy]
+            curves = np.array([[best_by(r, c) for c in grid] for _, r in rows.groupby("replay")])
+            curves[~np.isfinite(curves)] = np.nan  # before a replay's first result: nothing found yet
+            with warnings.catch_warnings():  # columns where no replay has a result yet stay empty
+                warnings.simplefilter("ignore", RuntimeWarning)
+                median, low, high = (np.nanmedian(curves, 0), np.nanpercentile(curves, 2.5, 0),
+                                     np.nanpercentile(curves, 97.5, 0))
+            line = ax.plot(grid / 3600, median, label=f"{strategy} (median)")[0]
+            ax.fill_between(grid / 3600, low, high, color=line.get_color(), alpha=0.12)
+        ax.set(xlabel="compute spent (device-hours, recorded)", ylabel=f"best {metric} so far", yscale="log")
+        ax.legend(fontsize="small")
     fig.savefig(path, dpi=110)
     return path
-
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -259,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     curves = Curves.read(args.table, metric, scales(plan.space), time_scale=args.time_scale)
     import ray
 
-    ray.init(num_cpus=plan.max_concurrent, include_dashboard=False, log_to_driver=False)
+    # a Ray of its own, never one another process left running on this machine
+    ray.init(address="local", num_cpus=plan.max_concurrent, include_dashboard=False, log_to_driver=False)
     started, parts = time.time(), []
     with tempfile.TemporaryDirectory() as scratch:
         for strategy in strategies:
