@@ -4,7 +4,11 @@
 #
 #   bash bench/run_all.sh [--tiny] [TARGET...]
 #
-# TARGETs, run in this order by default: step fid concurrent data orchestration asha.
+# TARGETs, run in this order by default: step fid concurrent data orchestration asha. Named only:
+# curves, issue 27's GPU learning-curve table (bench/curves/shapes-gpu.csv): it resumes where the last
+# call stopped (finished runs are in the table; a run cut short starts again on a fresh machine), so
+# `bash bench/run_all.sh curves` in as many calls as it takes, the table copied back over bench/curves/
+# after each.
 # --tiny: the CPU check sizes (seconds to minutes each on 2 cores), printed only (--no-record).
 #
 # It must fit one device call (600 s), so every target runs under `timeout` with what is left of
@@ -40,11 +44,12 @@ targets=("$@")
 # each target: the script, its device arguments, and its --tiny arguments
 declare -A script=(
   [step]=step_throughput.py [fid]=fid_eval.py [concurrent]=concurrent_trials.py
-  [data]=data_prep.py [orchestration]=orchestration.py [asha]=asha_vs_fifo.py
+  [data]=data_prep.py [orchestration]=orchestration.py [asha]=asha_vs_fifo.py [curves]=learning_curves.py
 )
 declare -A device_args=(
   [step]="" [fid]="" [concurrent]="" [data]="--data-root $data --repeat 8" [orchestration]=""
   [asha]="--data-root $data"
+  [curves]="shapes --configs 48 --seeded 4 --seeds 4 --table bench/curves/shapes-gpu.csv"
 )
 declare -A tiny_args=(
   [step]="--device cpu --steps 2 --warmup 1 --repeats 1 --batches 4 --curve-steps 6 --curve-batch 4 --smooth 3"
@@ -54,6 +59,7 @@ declare -A tiny_args=(
   [orchestration]="--device cpu --num-samples 4 --max-concurrent 2 --eval-every 2 --max-evals 2 --fid-n 16 --limit 200"
   [asha]="--device cpu --data-root $data --num-samples 4 --max-concurrent 2 --eval-every 2 --max-evals 3
           --reduction-factor 2 --fid-n 16 --limit 300 --plot /tmp/asha_vs_fifo.png"
+  [curves]="shapes --smoke-test --configs 1 --table /tmp/curves-tiny.csv"
 )
 
 mkdir -p /tmp/bench-logs
@@ -62,6 +68,7 @@ save() {
   [[ -n $out ]] || return 0
   cp bench/RESULTS.md "$log" "$out"/
   [[ -f bench/asha_vs_fifo.png ]] && cp bench/asha_vs_fifo.png "$out"/
+  [[ -f bench/curves/shapes-gpu.csv ]] && cp bench/curves/shapes-gpu.csv "$out"/
   return 0
 }
 
