@@ -232,8 +232,9 @@ def summarise(out: Path, at_once: int) -> dict[str, Any]:
     return {
         "trials": len(starts["trial_id"].unique()), "results": len(results),
         "overhead": 1 - busy / (wall * at_once),
+        # only where trials waited for a slot: a search no larger than its slots never queues one
         "overhead_waiting": 1 - busy_early / ((last_start - float(starts["at"].min())) * at_once)
-        if last_start > starts["at"].min() else math.nan,
+        if len(starts["trial_id"].unique()) > at_once and last_start > starts["at"].min() else math.nan,
         "cpu_per_result_early_ms": 1000 * cpu_per_result(ended_by < quarter),
         "cpu_per_result_late_ms": 1000 * cpu_per_result(ended_by >= len(ends) - quarter),
         "peak_rss_mib": measured["peak_rss_mib"], "gcs_peak_mib": measured["gcs_peak_mib"],

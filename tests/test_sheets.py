@@ -111,6 +111,7 @@ def test_the_callback_redraws_as_results_arrive_and_logs_on_the_parent_run(tmp_p
         (folder / "report.json").write_text(json.dumps({"fid128": fid, "step": 40 * k}))
         trial.last_result = {"training_iteration": k, "failure": ""}
         logger.on_checkpoint(0, [], trial, Checkpoint.from_directory(folder))
+        logger.flush()  # the redraw runs on the drawing thread; wait for it
         index = json.loads((tmp_path / "sheets" / "index.json").read_text())["sheets"]
         assert index[str(k)]["cells"][0]["described"] == "running" and index[str(k)]["cells"][0]["fid"] == fid
     logger.on_trial_complete(0, [], trial)
@@ -188,3 +189,39 @@ def test_a_sheet_of_hundreds_draws_its_best_pages_and_lists_every_trial(tmp_path
     assert len(sheet["pages"]) == sheets.MAX_PAGES and len(sheet["cells"]) == trials
     assert [c["page"] for c in sheet["cells"][-6:]] == [sheets.MAX_PAGES, None, None, None, None, None]
     assert sheet["cells"][0]["trial_id"] == "t000"  # the best drawn first; the worst five listed only
+
+
+def test_a_redraw_runs_on_its_own_thread_and_the_end_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tune's loop is not held while the sheets are drawn: a refresh hands the drawing to a thread
+    and returns; one draw at a time; the end waits for it and draws what changed since."""
+    import threading
+
+    from orchestrator.search import sheet_logger
+
+    logger = sheet_logger.ContactSheetLogger(tmp_path / "sheets", "fid128", [1], 2, ["lr_g"], "", "", "s",
+                                             refresh_s=0)
+    monkeypatch.setattr(sheet_logger.MlflowClient, "log_artifact", lambda *a, **k: None)
+    release, drawn = threading.Event(), []
+    real = sheets.write_sheets
+
+    def slow(*args: object, **kwargs: object) -> list[Path]:
+        release.wait(10)
+        drawn.append((threading.current_thread().name, set(kwargs["evals"])))  # type: ignore[arg-type]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sheet_logger.sheets, "write_sheets", slow)
+    sheets.record_card(logger.folder, "t1", {"lr_g": 1e-4})
+    sheets.record_frame(logger.folder, "t1", 1, 40, 200.0, _png(50))
+    logger._dirty.add(1)
+    logger._refresh()  # returns at once: the draw waits on `release` on the drawing thread
+    sheets.record_frame(logger.folder, "t1", 2, 80, 150.0, _png(90))
+    logger._dirty.add(2)
+    logger._refresh()  # a draw is in flight: this one waits for the next refresh
+    assert drawn == [] and logger._dirty == {2}
+    release.set()
+    logger.on_experiment_end([])
+    assert drawn[0] == ("contact-sheets_0", {1}) and drawn[1][1] == {2}
+    assert drawn[1][0] == threading.current_thread().name  # the last one, here
+    assert (logger.folder / "eval_0002.png").is_file()

@@ -2,12 +2,17 @@
 per trial and evaluation from the grid its checkpoint already holds (no second pass over the GPUs),
 the trial's outcome when it ends, and the sheets redrawn at most every ``refresh_s`` seconds and at
 the end, written beside the results and logged on the search's parent run.
+
+The redraws during the search run on a thread of their own, one at a time: at hundreds of trials a
+redraw takes seconds, and Tune's loop (every trial's next step waits on it) must not wait for it.
+The last one, at the end, is drawn before the search's summary.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +42,11 @@ class ContactSheetLogger(tune.Callback):
         self._dirty: set[int] = set()
         self._unlogged: set[Path] = set()  # drawn, not in MLflow yet (a page unchanged is not drawn again)
         self._drawn_at = 0.0
+        self._drawing: Future | None = None  # the redraw running on the drawing thread
+        self._thread: ThreadPoolExecutor | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_drawn_at": 0.0}
+        return {**self.__dict__, "_drawn_at": 0.0, "_drawing": None, "_thread": None}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if not (self.folder / sheets.FRAMES / trial.trial_id / sheets.CARD).exists():
@@ -69,6 +76,10 @@ class ContactSheetLogger(tune.Callback):
         self._end(trial, *ended_as(result, self.max_evals, errored=True), int(result.get(EVALS, 0)))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        """Wait for the redraw in flight, then draw (and log) what changed since, here."""
         self._refresh(force=True)
 
     def _end(self, trial: Any, ended: str, mode: str, evals: int) -> None:
@@ -78,19 +89,33 @@ class ContactSheetLogger(tune.Callback):
         self._refresh()
 
     def _refresh(self, force: bool = False) -> None:
-        """Redraw the sheets that changed, at most every ``refresh_s``, and log the pages drawn; what
-        an unreachable tracking server did not take is logged at the next refresh."""
+        """Redraw the sheets that changed, at most every ``refresh_s`` and one redraw at a time, on
+        the drawing thread (``force``: wait for it, then draw here); what an unreachable tracking
+        server did not take is logged at the next refresh."""
+        if self._drawing is not None and not self._drawing.done():
+            if not force:
+                return  # what changed meanwhile waits for the next refresh
+            self._drawing.result()
         waiting = bool(self._dirty or self._unlogged)
         if not waiting or (not force and time.monotonic() - self._drawn_at < self.refresh_s):
             return
         self._drawn_at = time.monotonic()
-        try:
-            written = sheets.write_sheets(self.folder, self.fid_key, self.rungs, evals=self._dirty,
-                                          name=self.name)
-        except (OSError, ValueError) as err:  # a picture must never stop the search
-            log.warning("contact sheets not drawn: %s", err)
+        dirty, self._dirty = self._dirty, set()
+        if force:
+            self._draw(dirty)
             return
-        self._dirty.clear()
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="contact-sheets")
+        self._drawing = self._thread.submit(self._draw, dirty)
+
+    def _draw(self, dirty: set[int]) -> None:
+        try:
+            written = sheets.write_sheets(self.folder, self.fid_key, self.rungs, evals=dirty, name=self.name)
+        except Exception as err:  # a picture must never stop the search (nor vanish on the thread)
+            expected = isinstance(err, OSError | ValueError)  # a file gone, a frame half written
+            log.warning("contact sheets not drawn: %s", err, exc_info=not expected)
+            self._dirty.update(dirty)
+            return
         self._unlogged.update(written)
         client = MlflowClient(self.tracking_uri)
         for path in sorted(self._unlogged):
