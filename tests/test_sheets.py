@@ -199,8 +199,10 @@ def test_a_redraw_runs_on_its_own_thread_and_the_end_waits_for_it(
     import threading
 
     from orchestrator.search import sheet_logger
+    from orchestrator.tracking.store import default_tracking_uri
 
-    logger = sheet_logger.ContactSheetLogger(tmp_path / "sheets", "fid128", [1], 2, ["lr_g"], "", "", "s",
+    uri = default_tracking_uri(tmp_path)  # never MLflow's default, a file in the working folder
+    logger = sheet_logger.ContactSheetLogger(tmp_path / "sheets", "fid128", [1], 2, ["lr_g"], uri, "", "s",
                                              refresh_s=0)
     monkeypatch.setattr(sheet_logger.MlflowClient, "log_artifact", lambda *a, **k: None)
     release, drawn = threading.Event(), []
