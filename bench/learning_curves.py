@@ -123,10 +123,10 @@ def train_run(plan: Plan, run: Run, done: int, table_path: str, work: str, threa
 
     from orchestrator.data import dataset as datasets
     from orchestrator.errors import TrainingDiverged
-    from orchestrator.metrics.health import DIVERGED
     from orchestrator.metrics.inception import load_inception
     from orchestrator.metrics.reference import RealImages
     from orchestrator.trial import TrialRunner
+    from orchestrator.trial_report import DIVERGED
 
     torch.set_num_threads(threads)
     parent = os.getppid()

@@ -167,8 +167,8 @@ def _as_searched(name: str, args: argparse.Namespace) -> tuple[int, int]:
 
 @functools.cache  # asked for the spec, the check and the statistics: the space file is read once
 def _space_defaults(name: str, on_cpu: bool) -> tuple[int, int]:
-    space, machine = for_this_machine(load_space(space_path(name)), on_cpu)
-    return space.resolution, machine.get("fid_n") or space.budget.fid_n
+    space = for_this_machine(load_space(space_path(name)), on_cpu)
+    return space.resolution, space.budget.fid_n
 
 
 def _spec(name: str, args: argparse.Namespace) -> DataSpec:

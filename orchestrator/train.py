@@ -70,10 +70,9 @@ def _settings(args: argparse.Namespace) -> RunSettings:
     fields = {"resolution": args.resolution, "eval_every": args.eval_every, "fid_n": args.fid_n}
     if args.space is not None or not args.dataset.startswith(sources.FOLDER_PREFIX):
         on_cpu = args.space is None and resolve_device(args.device).type == "cpu"  # as a search here would
-        space, machine = for_this_machine(load_space(space_path(args.dataset, args.space)), on_cpu)
-        budget = {"resolution": space.resolution,
-                  "eval_every": machine.get("eval_every") or space.budget.eval_every,
-                  "fid_n": machine.get("fid_n") or space.budget.fid_n}
+        space = for_this_machine(load_space(space_path(args.dataset, args.space)), on_cpu)
+        budget = {"resolution": space.resolution, "eval_every": space.budget.eval_every,
+                  "fid_n": space.budget.fid_n}
         fields = {key: value if value is not None else budget[key] for key, value in fields.items()}
     given = {key: value for key, value in fields.items() if value is not None}
     return run_settings(args, eval_seed=args.eval_seed, device=args.device, **given)
@@ -125,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"stopped: {runner.verdict.describe()}; checkpoint and grids in {out}", flush=True)
                 return 1
     except TrainingDiverged as err:
-        print(f"diverged: {err}; the last good checkpoint is {out / 'checkpoint.pt'}", flush=True)
+        print(f"diverged: {err}; the last good checkpoint is {out / TRIAL_FILE}", flush=True)
         return 1
     print(f"done: best {runner.objective.key} {runner.best_fid:.3f}; grids and checkpoint in {out}")
     return 0

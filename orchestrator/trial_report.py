@@ -8,8 +8,6 @@ import enum
 from collections.abc import Mapping
 from typing import Any
 
-from orchestrator.metrics.health import DIVERGED
-
 STEP = "step"  # generator steps so far
 STARTED_AT, REPORTED_AT = "started_at", "reported_at"  # wall clock: when the trial started, this report
 # where the trial computed this interval: MLflow tags of its run
@@ -22,6 +20,10 @@ FAILURE, FAILURE_MODE, EVIDENCE, DIVERGED_FLAG = "failure", "failure_mode", "evi
 SETUP_SECONDS, CHECKPOINT_SECONDS = "setup_seconds", "checkpoint_seconds"
 NOT_METRICS = frozenset({STARTED_AT, REPORTED_AT, DIVERGED_FLAG})  # numbers, but not curves to log
 EVALS = "training_iteration"  # Tune's count of reports: evaluations, ASHA's unit of time
+# the failure modes a detector names in FAILURE_MODE (orchestrator.metrics.health says what each means)
+DIVERGED, DISCRIMINATOR_WINS = "diverged", "discriminator_wins"
+VANISHING_LOSSES, MODE_COLLAPSE = "vanishing_losses", "mode_collapse"
+FAILURE_MODES = (DIVERGED, DISCRIMINATOR_WINS, VANISHING_LOSSES, MODE_COLLAPSE)
 
 
 class Outcome(str, enum.Enum):

@@ -10,14 +10,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import SearchSpaceError
-from orchestrator.metrics.health import (
-    DISCRIMINATOR_WINS,
-    MODE_COLLAPSE,
-    VANISHING_LOSSES,
-    HealthConfig,
-    check,
-)
+from orchestrator.metrics.health import HealthConfig, check
 from orchestrator.space.sampling import load_space
+from orchestrator.trial_report import DISCRIMINATOR_WINS, MODE_COLLAPSE, VANISHING_LOSSES
 
 CFG = HealthConfig()
 # a real DCGAN run at lr 2e-4 on shapes (CPU, batch 64): D ahead but not winning

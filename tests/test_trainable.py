@@ -28,8 +28,9 @@ from orchestrator.gan.checkpoints import (
 )
 from orchestrator.gan.step import generate
 from orchestrator.metrics.frechet import FeatureStats
-from orchestrator.metrics.health import DISCRIMINATOR_WINS, DIVERGED, Verdict
+from orchestrator.metrics.health import Verdict
 from orchestrator.metrics.registry import objective
+from orchestrator.trial_report import DISCRIMINATOR_WINS, DIVERGED
 
 EVERY = 3
 SETTINGS = RunSettings(dataset="folder:blobs", fid_n=40, eval_every=EVERY, device="cpu", precision="fp32")

@@ -21,16 +21,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from orchestrator.config import HealthConfig
+from orchestrator.trial_report import DISCRIMINATOR_WINS, MODE_COLLAPSE, VANISHING_LOSSES
 
-DIVERGED = "diverged"
-DISCRIMINATOR_WINS = "discriminator_wins"
-VANISHING_LOSSES = "vanishing_losses"
-MODE_COLLAPSE = "mode_collapse"
-FAILURE_MODES = (DIVERGED, DISCRIMINATOR_WINS, VANISHING_LOSSES, MODE_COLLAPSE)
 
 @dataclass(frozen=True)
 class Verdict:
-    mode: str  # one of FAILURE_MODES
+    mode: str  # one of trial_report.FAILURE_MODES
     trigger: str  # the measurement that crossed its threshold
     evidence: dict[str, float]  # the values behind the verdict, at the last evaluation
 

@@ -94,19 +94,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
     gpus, device = _gpus_and_device(args)
     # what overrides the space file's budget, value by value (a flag overrides both)
     cpu_budget = device == "cpu" and not args.address and not args.smoke_test and args.space is None
-    space, machine = for_this_machine(space, cpu_budget)  # on a CPU: the file's cpu: section or CPU_BUDGET
-    overlay = SMOKE if args.smoke_test else machine
-    budget = space.budget
-    settings = run_settings(
-        args,
-        resolution=space.resolution,
-        max_images=args.limit or overlay.get("limit"),
-        eval_every=args.eval_every or overlay.get("eval_every") or budget.eval_every,
-        fid_n=args.fid_n or overlay.get("fid_n") or budget.fid_n,
-        device=device,
-        health=space.health,
-    )
-    budget = _run_budget(args, overlay, budget, settings)
+    space = for_this_machine(space, cpu_budget)  # on a CPU: the file's cpu: section or CPU_BUDGET
+    overlay = SMOKE if args.smoke_test else {}
+    budget = _run_budget(args, overlay, space.budget)
+    # the trials' eval_every and fid_n are the budget's: one value, resolved once
+    settings = run_settings(args, resolution=space.resolution, max_images=args.limit or overlay.get("limit"),
+                            eval_every=budget.eval_every, fid_n=budget.fid_n, device=device,
+                            health=space.health)
     max_concurrent = args.max_concurrent or overlay.get("max_concurrent") or budget.max_concurrent or 4
     cpus = _cpus_per_trial(args, gpus, max_concurrent)
     storage = _storage(args)
@@ -141,20 +135,21 @@ def _with_weak_start(space: SearchSpace) -> SearchSpace:
     return dataclasses.replace(space, start=(space.start[0], {**space.start[0], **floors}))
 
 
-def _run_budget(args: argparse.Namespace, overlay: Mapping[str, Any], budget: Budget,
-                settings: RunSettings) -> Budget:
-    """The budget the search will really run (flags, then --smoke-test or the CPU budget, override the
-    file), so the printed plan and the parent run's params say what happened."""
+def _run_budget(args: argparse.Namespace, overlay: Mapping[str, Any], budget: Budget) -> Budget:
+    """The budget the search will really run: a flag, then --smoke-test's value, then the space's
+    budget (on a CPU already the machine's), so the printed plan and the parent run's params say what
+    happened."""
+    eval_every = args.eval_every or overlay.get("eval_every") or budget.eval_every
     max_evals = args.max_evals or overlay.get("max_evals") or budget.max_evals
-    if max_evals * settings.eval_every > MAX_COUNT:  # a trial's steps are counted in 32 bits downstream
-        steps = max_evals * settings.eval_every
-        raise ConfigError(f"--max-evals {max_evals} x {settings.eval_every} steps an evaluation is {steps:,} "
-                          f"steps, more than any trial can run ({MAX_COUNT:,})")
+    if max_evals * eval_every > MAX_COUNT:  # a trial's steps are counted in 32 bits downstream
+        raise ConfigError(f"--max-evals {max_evals} x {eval_every} steps an evaluation is "
+                          f"{max_evals * eval_every:,} steps, more than any trial can run ({MAX_COUNT:,})")
     grace_period = args.grace_period or overlay.get("grace_period") or budget.grace_period
     if args.grace_period and grace_period > max_evals:
         raise ConfigError(f"--grace-period {grace_period} exceeds max_evals {max_evals}")
     return dataclasses.replace(
-        budget, eval_every=settings.eval_every, fid_n=settings.fid_n, max_evals=max_evals,
+        budget, eval_every=eval_every, fid_n=args.fid_n or overlay.get("fid_n") or budget.fid_n,
+        max_evals=max_evals,
         grace_period=min(grace_period, max_evals),
         reduction_factor=args.reduction_factor or overlay.get("reduction_factor") or budget.reduction_factor,
     )

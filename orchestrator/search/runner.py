@@ -111,7 +111,6 @@ def run_search(plan: Plan, trial: Any = None, callbacks: Sequence[Any] = ()) -> 
     for key, value in DRIVER_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     import ray
-    from ray import tune
 
     clock = Clock()
     data, fid_network, reference, real_ref = _real_side(plan, clock)
@@ -130,12 +129,7 @@ def run_search(plan: Plan, trial: Any = None, callbacks: Sequence[Any] = ()) -> 
     started = time.time()
     stop = StopRequest(logger.mark_interrupted)
     try:
-        if plan.resume:
-            tuner = tune.Tuner.restore(plan.experiment_dir, trainable, resume_unfinished=True,
-                                       resume_errored=True)
-        else:
-            tuner = tune.Tuner(trainable, tune_config=_tune_config(plan),
-                               run_config=_run_config(plan, [logger, sheet_logger, *callbacks]))
+        tuner = _tuner(plan, trainable, [logger, sheet_logger, *callbacks])
         stop.install()
         results = tuner.fit()
         catch_signals()
@@ -156,6 +150,15 @@ def run_search(plan: Plan, trial: Any = None, callbacks: Sequence[Any] = ()) -> 
     finally:
         if not plan.address:
             ray.shutdown()  # the local cluster this search started
+
+
+def _tuner(plan: Plan, trainable: Any, callbacks: list[Any]) -> Any:
+    """A new search's Tuner, or for --resume the one Tune saved in the search's folder."""
+    from ray import tune
+
+    if plan.resume:
+        return tune.Tuner.restore(plan.experiment_dir, trainable, resume_unfinished=True, resume_errored=True)
+    return tune.Tuner(trainable, tune_config=_tune_config(plan), run_config=_run_config(plan, callbacks))
 
 
 def _trainable(plan: Plan, data: CachedDataset, reference: FeatureStats, real_ref: RealReference) -> Any:

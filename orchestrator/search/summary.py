@@ -14,6 +14,7 @@ from orchestrator.metrics.registry import objective
 from orchestrator.search.plan import SMOKE_NOTE, Plan
 from orchestrator.search.record import SearchRecord
 from orchestrator.space.schema import walk_params
+from orchestrator.space.study import open_study_storage
 from orchestrator.tracking import store
 from orchestrator.trial_report import COMPLETED, FAILED, FAILURE_MODE, STOPPED
 from orchestrator.views.report_page import PLOTS_FOLDER, results_table
@@ -100,7 +101,7 @@ def _study(plan: Plan, table: pd.DataFrame) -> Any:
         distributions = {p.name: p.distribution for p, _ in walk_params(plan.space.params)}
         return plots.study_from_results(table, list(distributions), distributions, f"best_{goal.key}",
                                         goal.mode)
-    study = optuna.load_study(study_name=plan.name, storage=plan.study_storage)
+    study = optuna.load_study(study_name=plan.name, storage=open_study_storage(plan.study_storage))
     study.set_user_attr("value_name", goal.best_key)  # what Tune told it: each trial's best FID
     return study
 

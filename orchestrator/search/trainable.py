@@ -36,7 +36,7 @@ from orchestrator.gan.placement import place, trial_device
 from orchestrator.images import save_png
 from orchestrator.metrics.diversity import RealReference
 from orchestrator.metrics.frechet import FeatureStats
-from orchestrator.metrics.health import DIVERGED, Verdict
+from orchestrator.metrics.health import Verdict
 from orchestrator.metrics.inception import load_inception
 from orchestrator.trial import TrialRunner, device_images
 from orchestrator.views.plots import loss_curves, metric_curves
@@ -96,7 +96,7 @@ class GanTrainable(tune.Trainable):
             goal = self.runner.objective
             return self._report(
                 {goal.key: goal.worst, goal.best_key: goal.worst},
-                Verdict(DIVERGED, err.what, {}), reason=str(err),
+                Verdict(keys.DIVERGED, err.what, {}), reason=str(err),
             )
         metrics = self.runner.evaluate()
         found = self.runner.verdict
@@ -112,7 +112,7 @@ class GanTrainable(tune.Trainable):
             keys.NODE_IP: self.node_ip,
             keys.DEVICE: str(self.placement.device),
             keys.COMPUTE_PRECISION: self.placement.precision,
-            keys.DIVERGED_FLAG: int(verdict is not None and verdict.mode == DIVERGED),
+            keys.DIVERGED_FLAG: int(verdict is not None and verdict.mode == keys.DIVERGED),
             keys.FAILURE: reason,
             keys.FAILURE_MODE: verdict.mode if verdict else "",
             keys.EVIDENCE: dict(verdict.evidence) if verdict else {},

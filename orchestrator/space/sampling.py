@@ -118,15 +118,16 @@ def load_space(path: Path) -> SearchSpace:
     return dataclasses.replace(variant(cpu=False), cpu=cpu)
 
 
-def for_this_machine(space: SearchSpace, on_cpu: bool) -> tuple[SearchSpace, dict[str, Any]]:
-    """The space a run of it uses where its trials compute on a CPU or not, and the values that
-    override that space's budget: on a CPU the file's own ``cpu:`` section, or for a file without one
-    ``CPU_BUDGET``'s values. The one place search, train and fid decide this."""
+def for_this_machine(space: SearchSpace, on_cpu: bool) -> SearchSpace:
+    """The space a run of it uses where its trials compute on a CPU or not, its budget the one that
+    run uses: on a CPU the file's own ``cpu:`` section, or for a file without one the file with
+    ``CPU_BUDGET``'s budget. The one place search, train and fid decide this; a flag (or the smoke
+    test) then overrides the budget's values."""
     if not on_cpu:
-        return space, {}
+        return space
     if space.cpu is not None:
-        return space.cpu, {}
-    return space, dict(CPU_BUDGET)
+        return space.cpu
+    return dataclasses.replace(space, budget=dataclasses.replace(space.budget, **CPU_BUDGET))
 
 
 def space_path(dataset: str, override: Path | None = None) -> Path:
