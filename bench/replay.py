@@ -244,7 +244,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--bias-draws", type=int, default=2000,
                    help="random draws for the mapping's bias (0: none)")
     p.add_argument("--plot", type=Path, help="default: beside the table, TABLE-replay.png")
-    p.add_argument("--out", type=Path, help="every served result as CSV (default: beside the table)")
+    p.add_argument("--out", type=Path, help="every served result as CSV, gzipped when it ends .gz (default: "
+                   "beside the table, gzipped: a 16-trial replay of 20 seeds is 1.4 MB as text)")
     add_common_args(p, device=False)
     return p.parse_known_args(argv)
 
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{parts[-1]['compute'].iloc[-1] / 3600:.2f} device-hours", flush=True)
     ray.shutdown()
     served = pd.concat(parts, ignore_index=True)
-    out = args.out or args.table.with_name(args.table.stem + "-replays.csv")
+    out = args.out or args.table.with_name(args.table.stem + "-replays.csv.gz")
     served.drop(columns=[c for c in served if c.startswith("config/")]).to_csv(out, index=False)
     lines = [*summarise(served, curves, args, plan), "", *what_the_metric_tells(curves, served, plan)]
     if args.bias_draws:
