@@ -154,14 +154,21 @@ def simulate(size: str, out: Path, rest: list[str], interval: float, time_scale:
     curves = Curves.synthetic(configs, metric, scales(plan.space), plan.max_evals, interval,
                               seed=plan.settings.seed, time_scale=time_scale)
     trial = tune.with_parameters(ReplayTrial, curves=curves, artifacts=artifacts(plan))
-    timers: dict[str, list[float]] = {"suggest": [], "sheets": [], "mlflow": []}
+    names = ("suggest", "sheets", "mlflow", "state", "searcher_state")
+    timers: dict[str, list[float]] = {name: [] for name in names}
     from mlflow import MlflowClient
+    from ray.tune.execution.tune_controller import TuneController
     from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.search.search_generator import SearchGenerator
 
     from orchestrator.views import sheets
 
     timing(OptunaSearch, "suggest", timers["suggest"])
     timing(sheets, "write_sheets", timers["sheets"])
+    # Tune's experiment state (every trial, the searcher, the callbacks), saved by the driver's loop
+    # every TUNE_GLOBAL_CHECKPOINT_S; the searcher's part (OptunaSearch pickles its study) timed apart
+    timing(TuneController, "save_to_dir", timers["state"])
+    timing(SearchGenerator, "save_to_dir", timers["searcher_state"])
     for call in ("log_batch", "log_artifact", "log_artifacts", "log_image", "create_run", "set_terminated",
                  "set_tag", "log_metric", "log_param", "search_runs"):
         timing(MlflowClient, call, timers["mlflow"])
@@ -226,6 +233,7 @@ def summarise(out: Path, at_once: int) -> dict[str, Any]:
     before = np.searchsorted(free, later, side="right") - 1
     gaps = (later - free[before])[before >= 0].tolist()
     suggest, sheets_s, mlflow = (np.asarray(measured["timers"][k]) for k in ("suggest", "sheets", "mlflow"))
+    state, searcher_state = (np.asarray(measured["timers"].get(k, [])) for k in ("state", "searcher_state"))
     here = Path(measured["experiment"])  # a local store: the sqlite file and the artifacts beside
     files = [here / STORE_FILE, *(here / ARTIFACTS_FOLDER).rglob("*")]
     store = sum(f.stat().st_size for f in files if f.is_file())
@@ -248,7 +256,16 @@ def summarise(out: Path, at_once: int) -> dict[str, Any]:
         "sheets_max_s": float(sheets_s.max()) if len(sheets_s) else math.nan,
         "sheets_last_s": float(sheets_s[-1]) if len(sheets_s) else math.nan,
         "summary_s": float(timings.get("summary", math.nan)), "wall_s": wall,
+        # Tune's experiment-state saves: how many, their share of the wall clock, the last tenth's
+        # median (the searcher's part of it beside)
+        "state_saves": len(state), "state_share": float(state.sum()) / wall if len(state) else math.nan,
+        "state_last_ms": _last_tenth_ms(state), "searcher_state_last_ms": _last_tenth_ms(searcher_state),
     }
+
+
+def _last_tenth_ms(seconds: np.ndarray) -> float:
+    """The median of the last tenth of ``seconds``, in ms: what a call costs once the search is big."""
+    return 1000 * float(np.median(seconds[-max(1, len(seconds) // 10):])) if len(seconds) else math.nan
 
 
 def time_report(out: Path) -> float:
@@ -320,6 +337,9 @@ COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [  # the table's: a
     ("MLflow calls/s", lambda r: f"{r['mlflow_calls_per_s']:.1f}"),
     ("MLflow store (MiB)", lambda r: f"{r['store_mib']:.0f}"),
     ("sheets redraw (s, max / last)", lambda r: f"{r['sheets_max_s']:.1f} / {r['sheets_last_s']:.1f}"),
+    ("Tune state saves: n, share of wall, last ms (searcher's)",
+     lambda r: f"{r['state_saves']}, {100 * r['state_share']:.1f}%, {r['state_last_ms']:.0f} "
+               f"({r['searcher_state_last_ms']:.0f})"),
     ("summary (s)", lambda r: f"{r['summary_s']:.0f}"),
     ("report (s)", lambda r: f"{r.get('report_s', math.nan):.1f}"),
 ]

@@ -64,6 +64,7 @@ def test_a_small_simulated_search_runs_through_the_real_driver_and_resumes(tmp_p
     assert row["results"] == results["evals"].sum()  # the meter saw every result the search kept
     assert 0 <= row["overhead"] < 1 and row["peak_rss_mib"] > 0 and row["report_s"] > 0
     assert row["suggest_median_ms"] > 0 and row["mlflow_calls_per_s"] > 0 and row["store_mib"] > 1
+    assert row["state_saves"] > 0 and row["state_last_ms"] > 0 and row["searcher_state_last_ms"] > 0
     # the trials' workers never imported torch, and the search ranked what they served
     progress = pd.concat(pd.read_csv(p) for p in search.glob("trial_*/progress.csv"))
     assert (progress["torch_imported"] == 0).all() and progress["device_seconds"].eq(60.0).all()
