@@ -40,6 +40,7 @@ from ray import tune
 from ray.tune.result import DONE
 
 from orchestrator import trial_report as keys
+from orchestrator.search.checkpoint_repair import write_tune_result
 
 DEVICE_SECONDS = "device_seconds"  # the recorded compute of the evaluation a result serves
 
@@ -204,6 +205,7 @@ class ReplayTrial(tune.Trainable):
             (folder / name).write_bytes(data)
         if self.artifacts.report_file:
             (folder / self.artifacts.report_file).write_text(json.dumps(self.last_report, default=float))
+        write_tune_result(self, folder)
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:  # type: ignore[override]
         state = json.loads((Path(checkpoint_dir) / "replay.json").read_text())

@@ -30,6 +30,7 @@ from orchestrator.gan.step import generate
 from orchestrator.metrics.frechet import FeatureStats
 from orchestrator.metrics.health import Verdict
 from orchestrator.metrics.registry import objective
+from orchestrator.search.checkpoint_repair import TUNE_RESULT_FILE
 from orchestrator.trial_report import DISCRIMINATOR_WINS, DIVERGED
 
 EVERY = 3
@@ -143,9 +144,12 @@ def test_save_writes_the_checkpoint_folder(make: Make, tmp_path: Path) -> None:
     result = trainable.train()
     trainable.save(str(tmp_path))
     assert {p.name for p in tmp_path.iterdir()} == {STATE_FILE, GENERATOR_FILE, GRID_FILE, REPORT_FILE,
-                                                      *CURVE_FILES}
+                                                      TUNE_RESULT_FILE, *CURVE_FILES}
     report = json.loads((tmp_path / REPORT_FILE).read_text())
     assert report[FID.key] == result[FID.key] and report["step"] == EVERY
+    # what a resume falls back on where Tune deleted the checkpoint its state names: Tune's result
+    tune_result = json.loads((tmp_path / TUNE_RESULT_FILE).read_text())
+    assert tune_result["training_iteration"] == 1 and tune_result[FID.key] == result[FID.key]
     with Image.open(tmp_path / GRID_FILE) as grid:
         assert grid.size == (8 * 34 + 2, 8 * 34 + 2)
     # the generator file alone gives the trial's images, as [0, 1] floats

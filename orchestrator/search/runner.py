@@ -55,9 +55,9 @@ DRIVER_ENVIRONMENT = {
     **store.BOUNDED_HTTP,
     # Tune saves its experiment state at most every 10 s by default, while a trial may checkpoint
     # twice in that time and num_to_keep deletes the older: a driver killed then resumed from a
-    # state naming a deleted checkpoint, and that trial failed. Once a second (a save takes about
-    # 10 ms; 0 would save at every turn of Tune's loop, ten times a second) leaves a window of a
-    # second after a checkpoint, not ten.
+    # state naming a deleted checkpoint. Once a second (0 would save at every turn of Tune's loop)
+    # narrows that window; it cannot close it (a save comes at the end of a turn, which takes
+    # seconds at 1,000 trials), so a resume also repairs such a trial (checkpoint_repair.py).
     "TUNE_GLOBAL_CHECKPOINT_S": "1",
     # Ctrl-C and SIGTERM are this driver's (``StopRequest``): the first asks Tune to stop as its
     # SIGUSR1 does (the experiment state saved), a second stops at once
@@ -380,6 +380,7 @@ def _tune_config(plan: Plan) -> Any:
 def _run_config(plan: Plan, loggers: list[Any]) -> Any:
     from ray import tune
 
+    from orchestrator.search.checkpoint_repair import RepairNamedCheckpoints
     from orchestrator.search.history import KeepTrialHistory
 
     goal = objective(plan.settings.fid_n)
@@ -392,7 +393,7 @@ def _run_config(plan: Plan, loggers: list[Any]) -> Any:
             checkpoint_frequency=1,
         ),
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
-        callbacks=[*loggers, KeepTrialHistory()],
+        callbacks=[*loggers, KeepTrialHistory(), RepairNamedCheckpoints()],
         progress_reporter=tune.CLIReporter(
             metric_columns=[goal.key, goal.best_key, "d_loss", "g_loss", "img_per_s",
                             "training_iteration"],

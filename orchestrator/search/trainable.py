@@ -38,6 +38,7 @@ from orchestrator.metrics.diversity import RealReference
 from orchestrator.metrics.frechet import FeatureStats
 from orchestrator.metrics.health import Verdict
 from orchestrator.metrics.inception import load_inception
+from orchestrator.search.checkpoint_repair import write_tune_result
 from orchestrator.trial import TrialRunner, device_images
 from orchestrator.views.plots import loss_curves, metric_curves
 
@@ -137,6 +138,7 @@ class GanTrainable(tune.Trainable):
             loss_curves(history, folder / CURVE_FILES[0])
             metric_curves(history, self.runner.objective.key, folder / CURVE_FILES[1])
         (folder / REPORT_FILE).write_text(json.dumps(self.last_report, default=float))
+        write_tune_result(self, folder)
         self.overhead[keys.CHECKPOINT_SECONDS] += time.perf_counter() - start
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:  # type: ignore[override]
