@@ -207,6 +207,39 @@ def test_storage_keeps_the_study_and_enqueues_start_points_once(tmp_path: Path) 
     assert len(waiting) == len(space.start)
 
 
+def test_the_searchers_saved_state_does_not_grow_with_the_study_and_restores(tmp_path: Path) -> None:
+    """Tune saves the searcher once a second: its state names the study and the running trials only
+    (OptunaSearch pickled the whole study, 2 MB at 1,000 trials); a restored searcher tells Optuna
+    about a trial that was running when it was saved, and suggests on from the same study."""
+    space = load_space(space_path("shapes"))
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = make_searcher(space, "fid2k", "min", seed=0, storage=url, study_name="s")
+    sizes = []
+    for i in range(60):
+        config = searcher.suggest(f"t{i}")
+        assert config is not None
+        if i >= 3:  # three stay running; the others end
+            searcher.on_trial_complete(f"t{i - 3}", {"fid2k": 100.0 + i})
+        if i in (9, 59):
+            searcher.save(str(tmp_path / f"state-{i}.pkl"))
+            sizes.append((tmp_path / f"state-{i}.pkl").stat().st_size)
+    assert sizes[1] < sizes[0] + 2000, sizes  # 50 more finished trials: about the same state
+    searcher.on_trial_result("t57", {"fid2k": 50.0, "training_iteration": 1})
+
+    restored = make_searcher(space, "fid2k", "min", seed=0, storage=url, study_name="s")
+    restored.restore(str(tmp_path / "state-59.pkl"))
+    restored.on_trial_result("t58", {"fid2k": 60.0, "training_iteration": 1})
+    restored.on_trial_complete("t57", {"fid2k": 42.0})
+    assert restored.suggest("t60") is not None
+    study = optuna.load_study(study_name="s", storage=url)
+    trials = study.get_trials()
+    assert len(trials) == 61 and sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 58
+    by_value = {t.value: t for t in trials if t.value is not None}
+    assert by_value[42.0].intermediate_values == {1: 50.0}  # the trial running at the save, told after
+    running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert len(running) == 3 and any(t.intermediate_values == {1: 60.0} for t in running)
+
+
 def test_trial_config_drops_inactive_branches_and_rejects_gaps() -> None:
     space = load_space(space_path("shapes"))
     start = dict(space.start[0])

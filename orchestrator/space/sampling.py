@@ -35,7 +35,7 @@ from orchestrator.space.schema import (
 from orchestrator.space.study import open_study_storage
 
 if TYPE_CHECKING:
-    from ray.tune.search.optuna import OptunaSearch
+    from orchestrator.space.searcher import StudySearch
 
 
 def _spaces_dir() -> Path:
@@ -180,17 +180,18 @@ def make_searcher(
     study_name: str | None = None,
     num_samples: int = 16,
     sampler: optuna.samplers.BaseSampler | None = None,
-) -> OptunaSearch:
-    """Ray's OptunaSearch over ``space``: start points first, then TPE (or ``sampler``: the
-    replays of bench/replay.py compare random sampling); ``storage`` a DB URL."""
-    from ray.tune.search.optuna import OptunaSearch  # ray is slow to import; loading needn't
+) -> StudySearch:
+    """Ray's OptunaSearch over ``space`` (its state saved without the study: ``space/searcher.py``):
+    start points first, then TPE (or ``sampler``: the replays of bench/replay.py compare random
+    sampling); ``storage`` a DB URL."""
+    from orchestrator.space.searcher import StudySearch  # ray is slow to import; loading needn't
 
     name = study_name or f"{space.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     db = open_study_storage(storage) if storage else None
     points = space.points_to_evaluate()
     if db is not None and name in optuna.study.get_all_study_names(db):
         points = []  # a resumed study: its start points were enqueued the first time
-    return OptunaSearch(
+    return StudySearch(
         space.define_by_run,
         metric=metric,
         mode=mode,
