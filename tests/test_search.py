@@ -176,8 +176,10 @@ def test_killed_search_resumes_without_rerunning(tmp_path: Path, backend: dict[s
     # the resumed search went on with the same Optuna study: its start points were enqueued once
     import optuna
 
-    study = optuna.load_study(study_name=name,
-                              storage=backend["optuna"] or f"sqlite:///{storage / name / 'optuna.db'}")
+    from orchestrator.space.study import open_study_storage
+
+    where = backend["optuna"] or str(storage / name / "optuna.log")
+    study = optuna.load_study(study_name=name, storage=open_study_storage(where))
     starts = [t for t in study.trials if "fixed_params" in t.system_attrs]
     assert len(starts) == 2, [t.params for t in starts]  # the space's start point and the smoke's weak one
     done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))

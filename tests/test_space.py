@@ -27,6 +27,7 @@ from orchestrator.space.sampling import (
     space_path,
     startup_trials,
 )
+from orchestrator.space.study import open_study_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -207,12 +208,29 @@ def test_storage_keeps_the_study_and_enqueues_start_points_once(tmp_path: Path) 
     assert len(waiting) == len(space.start)
 
 
-def test_the_searchers_saved_state_does_not_grow_with_the_study_and_restores(tmp_path: Path) -> None:
+def test_a_search_keeps_its_study_in_a_journal_and_an_older_one_its_sqlite_study(tmp_path: Path) -> None:
+    from orchestrator.space.study import check_study_storage, local_study
+
+    space = load_space(space_path("shapes"))
+    journal = local_study(str(tmp_path), "new")
+    assert journal == str(tmp_path / "new" / "optuna.log")
+    check_study_storage(journal)
+    searcher = make_searcher(space, "fid2k", "min", seed=0, storage=journal, study_name="new")
+    assert searcher.suggest("t0") is not None
+    assert (tmp_path / "new" / "optuna.log").stat().st_size > 0  # appended as it goes
+    older = tmp_path / "old" / "optuna.db"
+    make_searcher(space, "fid2k", "min", seed=0, storage=f"sqlite:///{older}", study_name="old")
+    assert local_study(str(tmp_path), "old") == f"sqlite:///{older}"  # its --resume finds its study
+    assert local_study("s3://bucket/runs", "new") is None
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_the_searchers_saved_state_stays_small_and_restores(tmp_path: Path, kind: str) -> None:
     """Tune saves the searcher once a second: its state names the study and the running trials only
     (OptunaSearch pickled the whole study, 2 MB at 1,000 trials); a restored searcher tells Optuna
     about a trial that was running when it was saved, and suggests on from the same study."""
     space = load_space(space_path("shapes"))
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    url = str(tmp_path / "optuna.log") if kind == "journal" else f"sqlite:///{tmp_path / 'optuna.db'}"
     searcher = make_searcher(space, "fid2k", "min", seed=0, storage=url, study_name="s")
     sizes = []
     for i in range(60):
@@ -231,7 +249,7 @@ def test_the_searchers_saved_state_does_not_grow_with_the_study_and_restores(tmp
     restored.on_trial_result("t58", {"fid2k": 60.0, "training_iteration": 1})
     restored.on_trial_complete("t57", {"fid2k": 42.0})
     assert restored.suggest("t60") is not None
-    study = optuna.load_study(study_name="s", storage=url)
+    study = optuna.load_study(study_name="s", storage=open_study_storage(url))
     trials = study.get_trials()
     assert len(trials) == 61 and sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 58
     by_value = {t.value: t for t in trials if t.value is not None}
@@ -495,7 +513,7 @@ def test_the_plan_says_what_the_smoke_test_adds(capsys: pytest.CaptureFixture[st
     print_plan(plan)
     out = capsys.readouterr().out
     assert "smoke test: start point 2 is start point 1 at the lowest learning rates" in out
-    assert "after 3 random trials" in out and "optuna.db" in out
+    assert "after 3 random trials" in out and "optuna.log" in out
     plain = make_plan(parse_args(["shapes", "--gpus-per-trial", "0"]))
     cpu_section = load_space(space_path("shapes")).cpu
     assert cpu_section is not None  # a plain search without a GPU runs the file's cpu: section

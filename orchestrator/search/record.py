@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.atomic import atomic_write
 from orchestrator.errors import ConfigError, first_line
 from orchestrator.search.lock import LOCK_FILE
-from orchestrator.space.study import STUDY_FILE
+from orchestrator.space.study import SQLITE_STUDY_FILE, STUDY_FILE
 from orchestrator.tracking.store import ARTIFACTS_FOLDER, STORE_FILE
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 SEARCH_RECORD_FILE = "orchestrator.json"  # beside Tune's experiment state: the MLflow ids of this search
 # what a search's folder holds before its first trial: its lock, and what a start cut short made
-OWN_FILES = (LOCK_FILE, STORE_FILE, STUDY_FILE, ARTIFACTS_FOLDER)
+OWN_FILES = (LOCK_FILE, STORE_FILE, STUDY_FILE, SQLITE_STUDY_FILE, ARTIFACTS_FOLDER)
 
 
 class DamagedRecord(ValueError):

@@ -199,6 +199,7 @@ def make_searcher(
         sampler=sampler or make_sampler(space, seed, num_samples),
         study_name=name,
         storage=db,
+        storage_url=storage,
     )
 
 
