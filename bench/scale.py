@@ -86,6 +86,7 @@ class Meter(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._write("end", trial)
+        self._write("error", trial)  # a trial lost (a resume that could not restore it, issue 28)
 
 
 def timing(owner: Any, name: str, into: list[float]) -> None:
@@ -379,10 +380,12 @@ def main(argv: list[str] | None = None) -> int:
         wait = float(first.min() - restarted) if len(first) else math.nan
         pace = int((first <= first.min() + LINGER).sum()) if len(first) else 0
         ended = int((before["kind"] == "end").sum())
+        lost = int(((after["kind"] == "error") & (after["at"] > restarted)).sum())
         lines.append(f"- Resume of {args.resume}: killed (SIGKILL, its Ray with it) once {ended} of its "
                      f"trials had ended; `--resume` reported its first result {wait:.0f} s after it was "
                      f"started, and {pace} results in the {LINGER:.0f} s after that one (then it was "
-                     "stopped: the rest of the search would be the first run's figures again).")
+                     f"stopped: the rest of the search would be the first run's figures again); {lost} "
+                     "trials ended in error after the resume.")
         print(lines[-1], flush=True)
     head = [f"Simulated: evaluations of {args.interval:g} s slept {args.time_scale:g}x "
             f"({args.interval * args.time_scale:g} s of wall each); {GPU_SHARE:g} GPU a trial on nodes of "
