@@ -227,3 +227,46 @@ def test_a_redraw_runs_on_its_own_thread_and_the_end_waits_for_it(
     assert drawn[0] == ("contact-sheets_0", {1}) and drawn[1][1] == {2}
     assert drawn[1][0] == threading.current_thread().name  # the last one, here
     assert (logger.folder / "eval_0002.png").is_file()
+
+
+def test_the_next_refresh_waits_ten_times_the_last_redraw(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A redraw of 30 s puts the next one 300 s after it started, not refresh_s (60 s); one of 1 s,
+    refresh_s; the end draws at once."""
+    from types import SimpleNamespace
+
+    from orchestrator.search import sheet_logger
+    from orchestrator.tracking.store import default_tracking_uri
+
+    now, took, drawn = [100.0], [30.0], []
+
+    def draw(*args: object, **kwargs: object) -> list[Path]:
+        drawn.append(now[0])
+        now[0] += took[0]
+        return []
+
+    monkeypatch.setattr(sheet_logger, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(sheet_logger.sheets, "write_sheets", draw)
+    logger = sheet_logger.ContactSheetLogger(tmp_path / "sheets", "fid128", [1], 2, ["lr_g"],
+                                             default_tracking_uri(tmp_path), "", "s", refresh_s=60)
+
+    def refresh_at(t: float) -> None:
+        now[0] = t
+        logger._dirty.add(1)
+        logger._refresh()
+        if logger._drawing is not None:
+            logger._drawing.result()
+
+    refresh_at(100.0)
+    refresh_at(399.0)
+    assert drawn == [100.0]
+    took[0] = 1.0
+    refresh_at(400.0)
+    refresh_at(459.0)
+    assert drawn == [100.0, 400.0]
+    refresh_at(460.0)
+    now[0] = 461.0
+    logger._dirty.add(2)
+    logger.flush()
+    assert drawn == [100.0, 400.0, 460.0, 461.0]

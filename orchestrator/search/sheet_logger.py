@@ -5,7 +5,10 @@ the end, written beside the results and logged on the search's parent run.
 
 The redraws during the search run on a thread of their own, one at a time: at hundreds of trials a
 redraw takes seconds, and Tune's loop (every trial's next step waits on it) must not wait for it.
-The last one, at the end, is drawn before the search's summary.
+Nor may the drawing take the driver's processor from it as the search grows: a redraw starts at
+least ``1 / DRAW_SHARE`` times the last one's duration after that one started (or ``refresh_s``,
+whichever is longer), so the drawing thread takes at most about a tenth of the driver's time. The
+last one, at the end, is drawn before the search's summary, whatever it costs.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from orchestrator.views import sheets
 log = logging.getLogger(__name__)
 
 ARTIFACT_FOLDER = "contact_sheets"  # on the parent run
+DRAW_SHARE = 0.1  # of the wall time, at most, for the redraws during the search
 
 
 class ContactSheetLogger(tune.Callback):
@@ -41,12 +45,13 @@ class ContactSheetLogger(tune.Callback):
         self.tracking_uri, self.parent_run_id = tracking_uri, parent_run_id
         self._dirty: set[int] = set()
         self._unlogged: set[Path] = set()  # drawn, not in MLflow yet (a page unchanged is not drawn again)
-        self._drawn_at = 0.0
+        self._drawn_at = 0.0  # when the last redraw started
+        self._took = 0.0  # the seconds it took
         self._drawing: Future | None = None  # the redraw running on the drawing thread
         self._thread: ThreadPoolExecutor | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_drawn_at": 0.0, "_drawing": None, "_thread": None}
+        return {**self.__dict__, "_drawn_at": 0.0, "_took": 0.0, "_drawing": None, "_thread": None}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if not (self.folder / sheets.FRAMES / trial.trial_id / sheets.CARD).exists():
@@ -89,15 +94,17 @@ class ContactSheetLogger(tune.Callback):
         self._refresh()
 
     def _refresh(self, force: bool = False) -> None:
-        """Redraw the sheets that changed, at most every ``refresh_s`` and one redraw at a time, on
-        the drawing thread (``force``: wait for it, then draw here); what an unreachable tracking
-        server did not take is logged at the next refresh."""
+        """Redraw the sheets that changed, one redraw at a time, on the drawing thread, at most every
+        ``refresh_s`` or ``1 / DRAW_SHARE`` times the last redraw's seconds (``force``: wait for it,
+        then draw here, now); what an unreachable tracking server did not take is logged at the next
+        refresh."""
         if self._drawing is not None and not self._drawing.done():
             if not force:
                 return  # what changed meanwhile waits for the next refresh
             self._drawing.result()
         waiting = bool(self._dirty or self._unlogged)
-        if not waiting or (not force and time.monotonic() - self._drawn_at < self.refresh_s):
+        period = max(self.refresh_s, self._took / DRAW_SHARE)
+        if not waiting or (not force and time.monotonic() - self._drawn_at < period):
             return
         self._drawn_at = time.monotonic()
         dirty, self._dirty = self._dirty, set()
@@ -109,6 +116,13 @@ class ContactSheetLogger(tune.Callback):
         self._drawing = self._thread.submit(self._draw, dirty)
 
     def _draw(self, dirty: set[int]) -> None:
+        started = time.monotonic()
+        try:
+            self._draw_and_log(dirty)
+        finally:
+            self._took = time.monotonic() - started
+
+    def _draw_and_log(self, dirty: set[int]) -> None:
         try:
             written = sheets.write_sheets(self.folder, self.fid_key, self.rungs, evals=dirty, name=self.name)
         except Exception as err:  # a picture must never stop the search (nor vanish on the thread)
