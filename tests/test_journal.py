@@ -87,6 +87,7 @@ def test_an_outage_then_a_dead_driver_loses_nothing_and_logs_nothing_twice(
     first = _logger(store, journal)
     trial = Trial("a", tmp_path / "trial_a")
     first.on_trial_result(1, [trial], trial, _result(10, 50.0))
+    first.wait()  # the logger's writer thread writes it
     assert _history(store, "a") == [(10, 50.0)] and len(first.journal) == 0
     # the server goes away: the next results wait on disk, in order
     monkeypatch.setattr(trial_logger, "unreachable_errors", lambda: (Unreachable,))
@@ -99,6 +100,7 @@ def test_an_outage_then_a_dead_driver_loses_nothing_and_logs_nothing_twice(
     first.on_trial_result(3, [trial], trial, _result(30, 30.0))
     trial.status, trial.last_result = "TERMINATED", _result(30, 30.0)
     first.on_trial_complete(3, [trial], trial)
+    first.wait()  # its writer has tried them all, and failed
     assert len(list(journal.glob("*.json"))) == 4  # two results, the outcome, the end
     # the driver dies here (nothing more runs in it); the server is back; a --resume restores the
     # logger from Tune's state, and on its first turn writes what the dead one owed
@@ -133,6 +135,7 @@ def test_what_tune_recorded_is_rebuilt_without_a_journal(tmp_path: Path, store: 
     first = _logger(store, tmp_path / "lost")
     trial = Trial("b", folder)
     first.on_trial_result(1, [trial], trial, rows[0])  # only the first evaluation reached MLflow
+    first.wait()
     trial.status = "TERMINATED"
     resumed = _logger(store, tmp_path / "new-head")
     resumed.on_step_begin(0, [trial])
@@ -161,8 +164,10 @@ def test_what_waits_is_written_within_seconds_of_the_servers_return(
 
     logger._apply = down  # type: ignore[method-assign]
     logger.on_trial_result(1, [trial], trial, _result(10, 50.0))
+    logger.wait()
     assert len(logger.journal) == 1
     logger._apply = apply  # type: ignore[method-assign]
     monkeypatch.setattr(trial_logger, "RETRY_SECONDS", 0.0)
     logger.on_step_end(2, [trial])  # Tune's loop turns several times a second: no result needed
+    logger.wait()
     assert len(logger.journal) == 0 and _history(store, "c") == [(10, 50.0)]

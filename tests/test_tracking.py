@@ -40,6 +40,7 @@ def test_first_result_creates_the_run_dated_from_the_trial_start(tmp_path: Path)
     trial = FakeTrial("abc")
     result = {"step": 40, "fid32": 12.5, "started_at": started, "node_ip": "10.0.0.7", "node_id": "n1"}
     logger.on_trial_result(1, [], trial, result)
+    logger.wait()  # written by the logger's own thread
     (run,) = client.search_runs([experiment], "tags.trial_id = 'abc'")
     assert run.info.start_time == int(started * 1000)
     # named so a person tells the trials apart in the UI, not GanTrainable_abc

@@ -9,19 +9,28 @@ writing to MLflow and removing the record is harmless.
 
 Records are files ``NNNNNNNNNN.json`` (and ``NNNNNNNNNN.NAME`` for each blob) in one folder, written
 atomically; the blobs before the record that names them.
+
+Tune's loop appends; one ``Writer`` thread reads, writes to MLflow and removes, so the loop never
+waits on MLflow. One lock keeps the numbering and the in-memory list whole, and an append is
+complete (visible) before the next one is numbered: records are read in their order.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from orchestrator.atomic import atomic_write
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"(\d{10})\.json")
 
@@ -47,6 +56,7 @@ class Journal:
         self.folder = Path(folder) if folder is not None else None
         self._memory: list[Entry] = []
         self._next = self._last_seq() + 1
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         if self.folder is None:
@@ -54,6 +64,10 @@ class Journal:
         return sum(1 for _ in self._names())
 
     def append(self, entry: Entry) -> Entry:
+        with self._lock:
+            return self._append(entry)
+
+    def _append(self, entry: Entry) -> Entry:
         entry = Entry(entry.kind, entry.trial_id, dict(entry.config), dict(entry.data), dict(entry.blobs),
                       self._next)
         self._next += 1
@@ -73,7 +87,9 @@ class Journal:
         """The records in the order they were appended (re-read: a record appended while a drain
         runs comes after)."""
         if self.folder is None:
-            yield from list(self._memory)
+            with self._lock:
+                memory = list(self._memory)
+            yield from memory
             return
         for seq, path in sorted(self._names()):
             try:
@@ -86,7 +102,8 @@ class Journal:
 
     def done(self, entry: Entry) -> None:
         if self.folder is None:
-            self._memory = [e for e in self._memory if e.seq != entry.seq]
+            with self._lock:
+                self._memory = [e for e in self._memory if e.seq != entry.seq]
             return
         self._remove(entry.seq, self.folder / f"{entry.seq:010d}.json")
 
@@ -107,6 +124,56 @@ class Journal:
 
     def _last_seq(self) -> int:
         return max((seq for seq, _ in self._names()), default=0)
+
+
+class Writer:
+    """One thread that runs ``drain`` (write what the journal holds, in order) when asked, and any
+    other task, one at a time in the order given. Asking while a drain waits to start asks nothing
+    more: that drain sees every record appended before it starts."""
+
+    def __init__(self, drain: Callable[[], None]) -> None:
+        self._drain = drain
+        self._pool: ThreadPoolExecutor | None = None  # started at the first task
+        self._lock = threading.Lock()
+        self._queued = False
+
+    def nudge(self) -> None:
+        with self._lock:
+            if self._queued:
+                return
+            self._queued = True
+        self.run(self._queued_drain)
+
+    def run(self, task: Callable[..., None], *args: Any) -> Future:
+        """``task(*args)`` on the thread, after what was asked before; its error is logged there."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-writer")
+        return self._pool.submit(_logged, task, *args)
+
+    def wait(self) -> None:
+        """Until every task asked for so far is done."""
+        if self._pool is not None:
+            self.run(lambda: None).result()
+
+    def close(self) -> None:
+        """Until every task is done; the thread ends (a later task starts another)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _queued_drain(self) -> None:
+        with self._lock:
+            self._queued = False  # what is appended from now on needs another drain
+        self._drain()
+
+
+def _logged(task: Callable[..., None], *args: Any) -> None:
+    """On the writer thread: an error is logged, never raised into the caller's loop."""
+    try:
+        task(*args)
+    except Exception:
+        log.exception("the MLflow writer failed in %s; the journal keeps what was not written",
+                      getattr(task, "__name__", task))
 
 
 def _plain(value: Any) -> Any:

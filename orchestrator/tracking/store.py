@@ -30,6 +30,7 @@ TRIAL_TAG = "trial_id"
 ROLE_TAG = "role"  # "search" on a parent run, "trial" on a trial's
 METRIC_TAG = "metric"  # on the parent run: the key the search optimised, e.g. fid2k_best
 IMAGE_KEY = "samples"  # flat: keys with "/" have produced unreadable image artifacts in MLflow
+IMAGES_FOLDER = "images"  # where MLflow keeps the images logged with a key and a step
 CHECKPOINT_FOLDER = "checkpoint"  # on a trial's run: the last generator its trial saved
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 
@@ -328,12 +329,37 @@ def read_pictures(uri: str, search: LoggedSearch,
             return sorted(a.path for a in client.list_artifacts(run_id, where) if a.path.endswith(".png"))
 
         for row in search.rows:
-            if grids := pngs(row["run_id"], "images"):
+            if grids := pngs(row["run_id"], IMAGES_FOLDER):
                 thumbnails[str(row["trial_id"])] = fetch(row["run_id"], max(grids, key=image_step))
         logged = pngs(search.parent_run_id, "plots") + pngs(search.parent_run_id, "contact_sheets")
         for title, path in pick(logged).items():
             figures[title] = fetch(search.parent_run_id, path)
     return thumbnails, figures
+
+
+def log_png(client: MlflowClient, run_id: str, png: bytes, key: str, step: int) -> None:
+    """``png`` logged as ``client.log_image(image, key=key, step=step)`` logs an image (MLflow 3's
+    ``images/KEY+step+S+timestamp+T+UUID.png`` and a ``...+compressed.webp`` thumbnail of at most 256
+    px, the run's images tag): the UI and ``image_step`` read it alike. Its own bytes are kept, not
+    decoded and encoded again (17 ms for a 530 px grid); only the thumbnail needs a decode (4 ms),
+    MLflow's own resize (5 ms) and WebP encoding (12 ms)."""
+    import io
+    import tempfile
+    import time
+    import uuid
+
+    from mlflow.tracking.multimedia import compress_image_size
+    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_IMAGES
+    from PIL import Image
+
+    name = f"{key.replace('/', '~')}+step+{step}+timestamp+{int(time.time() * 1000)}+{uuid.uuid4()}"
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / f"{name}.png").write_bytes(png)
+        with Image.open(io.BytesIO(png)) as image:
+            compress_image_size(image).save(Path(folder) / f"{name}+compressed.webp")
+        # the tag first (log_image's last): a replay skips an image already there, never its tag
+        client.set_tag(run_id, MLFLOW_LOGGED_IMAGES, "True")
+        client.log_artifacts(run_id, folder, IMAGES_FOLDER)
 
 
 def image_step(path: str) -> int:
