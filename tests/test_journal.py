@@ -171,3 +171,35 @@ def test_what_waits_is_written_within_seconds_of_the_servers_return(
     logger.on_step_end(2, [trial])  # Tune's loop turns several times a second: no result needed
     logger.wait()
     assert len(logger.journal) == 0 and _history(store, "c") == [(10, 50.0)]
+
+
+def test_a_resume_looks_once_at_every_trial_whose_run_has_ended(
+    tmp_path: Path, store: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten trials ended and one still running: the first turn of a resume asks MLflow once for the
+    ended runs (a page), and only the running trial's run is looked at (its missing step written)."""
+    first = _logger(store, tmp_path / "pending")
+    trials = []
+    for i in range(11):
+        folder = tmp_path / f"trial_{i}"
+        folder.mkdir()
+        trial = Trial(f"t{i}", folder)
+        rows = [_result(10, 50.0 + i), _result(20, 40.0 + i)]
+        (folder / "result.json").write_text("\n".join(json.dumps(r) for r in rows))
+        for row in rows if i < 10 else rows[:1]:  # the running one's second result never reached MLflow
+            first.on_trial_result(1, [trial], trial, row)
+        if i < 10:
+            trial.status, trial.last_result = "TERMINATED", rows[-1]
+            first.on_trial_complete(2, [trial], trial)
+        trials.append(trial)
+    first.wait()
+    resumed = _logger(store, tmp_path / "pending")
+    calls: list[str] = []
+    for name in ("search_runs", "get_metric_history", "list_artifacts", "get_run"):
+        real = getattr(MlflowClient, name)
+        monkeypatch.setattr(MlflowClient, name, lambda self, *a, _n=name, _r=real, **k: (calls.append(_n),
+                                                                                      _r(self, *a, **k))[1])
+    resumed.on_step_begin(0, trials)
+    assert calls.count("search_runs") == 2 and calls.count("get_metric_history") == 1, calls  # one page; t10
+    assert _history(store, "t10") == [(10, 60.0), (20, 50.0)]
+    assert all(_history(store, f"t{i}") == [(10, 50.0 + i), (20, 40.0 + i)] for i in range(10))

@@ -303,9 +303,17 @@ class MlflowTrialLogger(tune.Callback):
         """What Tune recorded and MLflow lacks (a driver that died with a journal it could not keep,
         a head node lost): each trial's evaluations from its result.json, the sample grids of the
         checkpoints it kept, and for a finished trial its outcome and end. Runs only what is missing;
-        the journal's own entries come first. ``trials``: snapshots (``_snapshot``)."""
+        the journal's own entries come first. ``trials``: snapshots (``_snapshot``). A trial whose
+        run has ended with its outcome is whole (its end is written after everything else of it),
+        and is not looked at one by one: a resume of 1,000 trials waited on four MLflow calls each."""
         self._drain()
+        try:
+            whole = self._ended_runs()
+        except unreachable_errors():
+            return  # the journal and the next results will catch up
         for trial in trials:
+            if trial.status in ("TERMINATED", "ERROR") and trial.trial_id in whole:
+                continue
             rows = _recorded_results(trial)
             if not rows:
                 continue
@@ -327,6 +335,19 @@ class MlflowTrialLogger(tune.Callback):
                 status = "FAILED" if ended == FAILED else "FINISHED"
                 self.journal.append(self._entry(trial, "end", {"status": status}))
         self._drain()
+
+    def _ended_runs(self) -> set[str]:
+        """The trial ids of this search's runs that have ended with an outcome, in one query a page."""
+        query = f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'"
+        ended: set[str] = set()
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string=query, page_token=token)
+            ended.update(r.data.tags[TRIAL_TAG] for r in page if TRIAL_TAG in r.data.tags
+                         and r.info.status in ("FINISHED", "FAILED") and "outcome" in r.data.tags)
+            token = page.token
+            if not token:
+                return ended
 
     def _ended_before(self, trial: Any) -> bool:
         """Whether the trial ended on its own, in this driver or an earlier one (its run, or what
