@@ -36,8 +36,9 @@ def write_tune_result(trainable: tune.Trainable, folder: Path) -> None:
 
 
 class RepairNamedCheckpoints(tune.Callback):
-    """On the first turn of Tune's loop, before any trial starts, every unfinished trial whose
-    latest checkpoint is gone from storage is pointed at its newest one there."""
+    """On the first turn of Tune's loop, before any trial starts, every unfinished trial's list of
+    checkpoints loses those gone from storage, and a trial whose latest one is gone is pointed at
+    its newest one there."""
 
     def __init__(self) -> None:
         self.done = False
@@ -52,20 +53,26 @@ class RepairNamedCheckpoints(tune.Callback):
 
 
 def repair(trial: Any) -> bool:
-    """Point ``trial`` at its newest checkpoint on storage when the latest one Tune's state names is
-    gone; True when it was. Checkpoints of the trial's list that are gone are dropped from it (Tune
-    would fail deleting them later). Uses Tune's checkpoint manager's private list: a Ray upgrade
-    that changes it fails tests/test_checkpoint_repair.py."""
+    """Drop from ``trial``'s checkpoints those that are gone from storage (Tune deleted them after
+    the state was saved: it would fail deleting them again, and not register the trial's next
+    checkpoint, measured at 256 trials), and point the trial at its newest checkpoint on storage when
+    the latest one the state names is among them; True when anything was repaired. Uses Tune's
+    checkpoint manager's private list: a Ray upgrade that changes it fails the tests."""
     from ray.train import Checkpoint
     from ray.train._internal.session import _TrainingResult
 
     manager = trial.run_metadata.checkpoint_manager
+    kept = [r for r in manager._checkpoint_results if _exists(r.checkpoint)]
+    dropped = len(kept) < len(manager._checkpoint_results)
+    manager._checkpoint_results = kept
     latest = manager.latest_checkpoint_result
     if latest is None or _exists(latest.checkpoint):
-        return False
+        if dropped:
+            trial.invalidate_json_state()
+            trial.run_metadata.invalidate_cache()
+        return dropped
     storage = trial.storage
     fs = storage.storage_filesystem
-    manager._checkpoint_results = [r for r in manager._checkpoint_results if _exists(r.checkpoint)]
     newest = _newest_checkpoint(fs, storage.trial_fs_path)
     if newest is None:
         log.error("trial %s: its checkpoint %s is gone and no other is on storage; it cannot resume",
