@@ -80,3 +80,18 @@ def postgres():  # type: ignore[no-untyped-def]
     server = Postgres()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> dict:
+    """An MLflow store in ``tmp_path`` with an experiment and a search's parent run, as a trial logger
+    writes into: its uri, client, experiment id and parent run id."""
+    from mlflow import MlflowClient
+
+    from orchestrator.tracking.store import default_tracking_uri, ensure_experiment, start_parent_run
+
+    uri = default_tracking_uri(tmp_path / "store")
+    client = MlflowClient(uri)
+    experiment = ensure_experiment(client, "trials", (tmp_path / "artifacts").as_uri())
+    return {"uri": uri, "client": client, "experiment": experiment,
+            "parent": start_parent_run(client, experiment, "search", {}, {})}

@@ -18,7 +18,6 @@ from PIL import Image
 
 from orchestrator.tracking import trial_logger
 from orchestrator.tracking.journal import Entry, Journal
-from orchestrator.tracking.store import default_tracking_uri, ensure_experiment, start_parent_run
 from orchestrator.tracking.trial_logger import MlflowTrialLogger
 
 
@@ -54,15 +53,6 @@ class Trial:
 
 class Unreachable(OSError):
     pass
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> dict[str, Any]:
-    uri = default_tracking_uri(tmp_path / "store")
-    client = MlflowClient(uri)
-    experiment = ensure_experiment(client, "j", (tmp_path / "artifacts").as_uri())
-    return {"uri": uri, "client": client, "experiment": experiment,
-            "parent": start_parent_run(client, experiment, "search", {}, {})}
 
 
 def _logger(store: dict[str, Any], journal: Path) -> MlflowTrialLogger:

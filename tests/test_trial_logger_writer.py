@@ -23,11 +23,8 @@ from PIL import Image
 from orchestrator.tracking import trial_logger
 from orchestrator.tracking.store import (
     IMAGE_KEY,
-    default_tracking_uri,
-    ensure_experiment,
     image_step,
     log_png,
-    start_parent_run,
 )
 from orchestrator.tracking.trial_logger import MlflowTrialLogger, image_steps
 
@@ -42,15 +39,6 @@ class Trial:
         self.config = {"lr_g": 1e-3, "lr_d": 2e-3}
         self.last_result: dict[str, Any] | None = None
         self.checkpoint = None
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> dict[str, Any]:
-    uri = default_tracking_uri(tmp_path / "store")
-    client = MlflowClient(uri)
-    experiment = ensure_experiment(client, "w", (tmp_path / "artifacts").as_uri())
-    return {"uri": uri, "client": client, "experiment": experiment,
-            "parent": start_parent_run(client, experiment, "search", {}, {})}
 
 
 def _logger(store: dict[str, Any], journal: Path | None) -> MlflowTrialLogger:
