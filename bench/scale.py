@@ -15,9 +15,10 @@ Measured per size, from a meter the driver runs as one more Tune callback and ti
 sampler, the MLflow client and the contact sheets (this process only: the product is unchanged):
 - orchestration overhead: 1 - busy trial seconds / (wall x slots), over the whole search and over
   the part of it where trials were still waiting to start (the tail, where fewer trials than slots
-  remain, is the schedule's and not the driver's);
-- the driver's CPU seconds per reported result, early (the first quarter of the trials finished)
-  and late (the last quarter), and its peak memory (resident set); the GCS's peak beside it;
+  remain, is the schedule's and not the driver's), with the first wave's launch apart;
+- the driver's CPU seconds per reported result by quarters of the trials that ended while trials
+  waited (as many running in each), and over the whole search its first and last quarter (the last
+  holds the tail) and the cores it kept busy; its peak memory (resident set), the GCS's beside it;
 - the time from a trial's end to the next trial's start (the slot it freed), the sampler's time per
   suggestion, MLflow calls per second and the store's size, each contact-sheet redraw;
 - the summary (timings.json), and ``python -m orchestrator.report`` on the finished search;
@@ -69,11 +70,17 @@ class Meter(tune.Callback):
 
     def __init__(self, path: Path) -> None:
         self.path = str(path)
+        self.looped = False  # a resumed search's Meter is this one as made (Tune keeps the RunConfig)
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if not self.looped:  # Tune's loop turning: the search's own preparation (and a restore) done
+            self.looped = True
+            self._write("loop", None)
 
     def _write(self, kind: str, trial: Any, busy: float = 0.0) -> None:
         with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerow([kind, f"{time.time():.4f}", f"{time.process_time():.4f}", trial.trial_id,
-                                    f"{busy:.4f}"])
+            csv.writer(f).writerow([kind, f"{time.time():.4f}", f"{time.process_time():.4f}",
+                                    trial.trial_id if trial is not None else "", f"{busy:.4f}"])
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._write("start", trial)
@@ -208,6 +215,35 @@ def events(out: Path) -> pd.DataFrame:
     return pd.read_csv(out / EVENTS, names=FIELDS).sort_values("at", kind="stable").reset_index(drop=True)
 
 
+def waiting_phase(seen: pd.DataFrame, at_once: int) -> dict[str, Any]:
+    """The slots while trials still waited for one (from the first trial's start to the last's), where
+    the driver's costs show; after it, fewer trials than slots remain (the schedule's tail). A trial's
+    busy seconds are its iterations ``[at - busy, at]``, clipped to that window (an iteration under
+    way at the last start counts for its part done by then). The first wave's launch (slot-seconds
+    before each of the first ``at_once`` trials started: their worker processes starting at once, on
+    this machine's cores) is given apart from the overhead it is part of. The driver's CPU per result
+    is given by quarters of the trials that ended in the window: the cost of a result as the number of
+    finished trials grows, with as many trials running in each quarter."""
+    starts, results, ends = (seen[seen["kind"] == k] for k in ("start", "result", "end"))
+    first, last = float(starts["at"].min()), float(starts["at"].max())
+    slot_seconds = (last - first) * at_once
+    if len(starts["trial_id"].unique()) <= at_once or slot_seconds <= 0:  # nothing ever waited
+        return {"overhead_waiting": math.nan, "launch": math.nan,
+                "cpu_per_result_quarters_ms": [math.nan] * 4}
+    done = results["at"].to_numpy()
+    busy = np.clip(np.minimum(done, last) - np.maximum(done - results["busy"].to_numpy(), first), 0, None)
+    launch = float((starts["at"].iloc[:at_once] - first).sum())
+    in_window = results[results["at"] <= last]
+    ended_by = np.searchsorted(np.sort(ends["at"].to_numpy()), in_window["at"].to_numpy())
+    ended = int((ends["at"] <= last).sum())
+    quarters = []
+    for k in range(4):
+        rows = in_window[(ended_by >= k * ended / 4) & (ended_by < (k + 1) * ended / 4)]
+        quarters.append(1000 * float(rows["cpu"].diff().iloc[1:].mean()) if len(rows) > 2 else math.nan)
+    return {"overhead_waiting": 1 - float(busy.sum()) / slot_seconds, "launch": launch / slot_seconds,
+            "cpu_per_result_quarters_ms": quarters}
+
+
 def summarise(out: Path, at_once: int) -> dict[str, Any]:
     """The figures of one size, from what its process left in ``out``."""
     seen = events(out)
@@ -217,10 +253,9 @@ def summarise(out: Path, at_once: int) -> dict[str, Any]:
     starts, results, ends = (seen[seen["kind"] == k] for k in ("start", "result", "end"))
     busy = float(results["busy"].sum())
     wall = float(seen["at"].max() - starts["at"].min())
-    last_start = float(starts["at"].max())  # after it, no trial waits for a slot
-    early = results[results["at"] <= last_start]
-    busy_early = float(early["busy"].sum())
-    # CPU per result, by how many trials had ended: the first quarter of them against the last
+    # CPU per result over the whole search, by how many trials had ended: the first quarter of them
+    # against the last (which holds the tail, where fewer results a second share the driver's
+    # per-second costs: its state saves, the sheets' redraws)
     ended_by = np.searchsorted(np.sort(ends["at"].to_numpy()), results["at"].to_numpy())
     quarter = max(1, len(ends) // 4)
 
@@ -240,10 +275,8 @@ def summarise(out: Path, at_once: int) -> dict[str, Any]:
     store = sum(f.stat().st_size for f in files if f.is_file())
     return {
         "trials": len(starts["trial_id"].unique()), "results": len(results),
-        "overhead": 1 - busy / (wall * at_once),
-        # only where trials waited for a slot: a search no larger than its slots never queues one
-        "overhead_waiting": 1 - busy_early / ((last_start - float(starts["at"].min())) * at_once)
-        if len(starts["trial_id"].unique()) > at_once and last_start > starts["at"].min() else math.nan,
+        "overhead": 1 - busy / (wall * at_once), **waiting_phase(seen, at_once),
+        "driver_cores": float(seen["cpu"].max() - seen["cpu"].min()) / wall,
         "cpu_per_result_early_ms": 1000 * cpu_per_result(ended_by < quarter),
         "cpu_per_result_late_ms": 1000 * cpu_per_result(ended_by >= len(ends) - quarter),
         "peak_rss_mib": measured["peak_rss_mib"], "gcs_peak_mib": measured["gcs_peak_mib"],
@@ -310,6 +343,28 @@ def run_size(size: str, out: Path, args: argparse.Namespace, rest: list[str], re
     return child.returncode
 
 
+def resume_line(size: str, before: pd.DataFrame, after: pd.DataFrame, launched: float,
+                restarted: float) -> str:
+    """What a resume took, from its command to Tune's loop turning (Ray joined, the search restored),
+    to its first trial started, to its first result; beside, the same search's first start."""
+    def first(seen: pd.DataFrame, kind: str, since: float) -> float:
+        at = seen[(seen["kind"] == kind) & (seen["at"] > since)]["at"]
+        return float(at.min() - since) if len(at) else math.nan
+
+    loop, start, result = (first(after, kind, restarted) for kind in ("loop", "start", "result"))
+    pace = int(((after["kind"] == "result") & (after["at"] > restarted)
+                & (after["at"] <= restarted + result + LINGER)).sum())
+    ended = int((before["kind"] == "end").sum())
+    lost = int(((after["kind"] == "error") & (after["at"] > restarted)).sum())
+    fresh_loop, fresh_start = (first(before, kind, launched) for kind in ("loop", "start"))
+    return (f"- Resume of {size}: killed (SIGKILL, its Ray with it) once {ended} of its trials had ended; "
+            f"`--resume` had Tune's loop turning {loop:.0f} s after it was started, its first trial "
+            f"started at {start:.0f} s and its first result came at {result:.0f} s, {pace} results in the "
+            f"{LINGER:.0f} s after that one (then it was stopped: the rest of the search would be the first "
+            f"run's figures again); {lost} trials ended in error after the resume. The same search's first "
+            f"run: its loop turning at {fresh_loop:.0f} s, its first trial started at {fresh_start:.0f} s.")
+
+
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="16x16,64x16,64x64,256x64",
@@ -328,9 +383,13 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [  # the table's: a heading, a row's cell
     ("trials", lambda r: f"{r['trials']}"), ("results", lambda r: f"{r['results']}"),
     ("overhead (all)", lambda r: f"{r['overhead']:.1%}"),
-    ("overhead (trials waiting)", lambda r: f"{r['overhead_waiting']:.1%}"),
-    ("driver CPU/result, early / late (ms)",
-     lambda r: f"{r['cpu_per_result_early_ms']:.0f} / {r['cpu_per_result_late_ms']:.0f}"),
+    ("overhead (trials waiting; of it the first wave's launch)",
+     lambda r: f"{r['overhead_waiting']:.1%}; {r['launch']:.1%}"),
+    ("driver CPU/result while trials waited, by quarter of trials ended (ms)",
+     lambda r: " / ".join(f"{q:.0f}" for q in r["cpu_per_result_quarters_ms"])),
+    ("driver CPU/result, first / last quarter of all (ms); cores busy",
+     lambda r: f"{r['cpu_per_result_early_ms']:.0f} / {r['cpu_per_result_late_ms']:.0f}; "
+               f"{r['driver_cores']:.2f}"),
     ("driver / GCS peak (MiB)", lambda r: f"{r['peak_rss_mib']:.0f} / {r['gcs_peak_mib']:.0f}"),
     ("end to next start (s, median / p95)", lambda r: f"{r['gap_median_s']:.2f} / {r['gap_p95_s']:.2f}"),
     ("suggest (ms, median / last 10 %)",
@@ -371,21 +430,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{label} {cell(row)}" for label, cell in COLUMNS), flush=True)
     if args.resume:
         out = work / f"{args.resume}-resume"
+        launched = time.time()
         run_size(args.resume, out, args, rest, kill_at=0.5)
         before = events(out)
         restarted = time.time()
         run_size(args.resume, out, args, rest, resume=True, results_after=restarted)
-        after = events(out)
-        first = after[(after["kind"] == "result") & (after["at"] > restarted)]["at"]
-        wait = float(first.min() - restarted) if len(first) else math.nan
-        pace = int((first <= first.min() + LINGER).sum()) if len(first) else 0
-        ended = int((before["kind"] == "end").sum())
-        lost = int(((after["kind"] == "error") & (after["at"] > restarted)).sum())
-        lines.append(f"- Resume of {args.resume}: killed (SIGKILL, its Ray with it) once {ended} of its "
-                     f"trials had ended; `--resume` reported its first result {wait:.0f} s after it was "
-                     f"started, and {pace} results in the {LINGER:.0f} s after that one (then it was "
-                     f"stopped: the rest of the search would be the first run's figures again); {lost} "
-                     "trials ended in error after the resume.")
+        lines.append(resume_line(args.resume, before, events(out), launched, restarted))
         print(lines[-1], flush=True)
     head = [f"Simulated: evaluations of {args.interval:g} s slept {args.time_scale:g}x "
             f"({args.interval * args.time_scale:g} s of wall each); {GPU_SHARE:g} GPU a trial on nodes of "

@@ -5,7 +5,9 @@ what it left: the results table, the MLflow store, the contact sheets, the meter
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +50,31 @@ def test_synthetic_curves_are_seeded_fall_to_a_floor_set_by_the_configuration_an
     assert made.nearest(configs(60)[7]) == (7, 0.0)  # each configuration is served as recorded
 
 
+def test_the_waiting_phase_counts_busy_seconds_inside_it_the_first_waves_launch_and_cpu_by_quarter() -> None:
+    """Two slots, five trials of 10-s iterations. Trial a starts at 0, b at 2 (the launch: 2 of the
+    slots' seconds), c at 20, d at 22, e (the last start) at 40: the window is 40 s x 2 slots. d's
+    iteration from 32 to 42 counts 8 s of it; the rest, a 2-s gap after a's and b's ends."""
+    import scale
+
+    rows = [("start", 0, 0.0, "a", 0), ("start", 2, 0.0, "b", 0),
+            ("result", 10, 1.0, "a", 10), ("result", 12, 2.0, "b", 10),
+            ("result", 20, 3.0, "a", 10), ("end", 20, 3.0, "a", 0), ("start", 20, 3.0, "c", 0),
+            ("result", 22, 4.0, "b", 10), ("end", 22, 4.0, "b", 0), ("start", 22, 4.0, "d", 0),
+            ("result", 30, 6.0, "c", 10), ("end", 30, 6.0, "c", 0),
+            ("result", 32, 9.0, "d", 10), ("start", 40, 9.0, "e", 0),
+            ("result", 42, 12.0, "d", 10), ("end", 42, 12.0, "d", 0),
+            ("result", 50, 13.0, "e", 10), ("end", 50, 13.0, "e", 0)]
+    seen = pd.DataFrame(rows, columns=["kind", "at", "cpu", "trial_id", "busy"])
+    got = scale.waiting_phase(seen, at_once=2)
+    busy = 10 + 10 + 10 + 10 + 10 + 10 + 8  # a, a, b, b, c, d, d's 8 s before 40; e's after
+    assert got["overhead_waiting"] == pytest.approx(1 - busy / 80)
+    assert got["launch"] == pytest.approx(2 / 80)
+    # trials ended by 40: a, b, c. By quarter of them (0-0.75, 0.75-1.5, 1.5-2.25, 2.25-3 ended):
+    # results at 10, 12, 20 (none ended yet): 1 s a result; 22, 30 (a ended): too few; 32: too few
+    assert got["cpu_per_result_quarters_ms"][0] == pytest.approx(1000.0)
+    assert math.isnan(scale.waiting_phase(seen, at_once=5)["overhead_waiting"])  # no trial ever waited
+
+
 @pytest.mark.integration
 def test_a_small_simulated_search_runs_through_the_real_driver_and_resumes(tmp_path: Path) -> None:
     work = tmp_path / "work"
@@ -62,7 +89,8 @@ def test_a_small_simulated_search_runs_through_the_real_driver_and_resumes(tmp_p
     results = pd.read_csv(search / "results.csv", dtype={"trial_id": str})
     assert len(results) == row["trials"] == 8
     assert row["results"] == results["evals"].sum()  # the meter saw every result the search kept
-    assert 0 <= row["overhead"] < 1 and row["peak_rss_mib"] > 0 and row["report_s"] > 0
+    assert 0 <= row["launch"] <= row["overhead_waiting"] < 1 and 0 <= row["overhead"] < 1
+    assert row["peak_rss_mib"] > 0 and row["report_s"] > 0
     assert row["suggest_median_ms"] > 0 and row["mlflow_calls_per_s"] > 0 and row["store_mib"] > 1
     assert row["state_saves"] > 0 and row["state_last_ms"] > 0 and row["searcher_state_last_ms"] > 0
     # the trials' workers never imported torch, and the search ranked what they served
@@ -81,4 +109,10 @@ def test_a_small_simulated_search_runs_through_the_real_driver_and_resumes(tmp_p
         assert len(history) == evals[run.data.tags["trial_id"]]
     assert len(list((search / "contact_sheets").glob("eval_*.png"))) == results["evals"].max()
     assert (work / "8x4" / "report.html").is_file()
-    assert "`--resume` reported its first result" in done.stdout
+    # the resume's times, in order: Tune's loop turning, its first trial started, its first result
+    resumed = re.search(r"loop turning (\d+) s after it was started, its first trial started at (\d+) s and "
+                        r"its first result came at (\d+) s", done.stdout)
+    assert resumed is not None, done.stdout[-3000:]
+    loop, start, first = (int(x) for x in resumed.groups())
+    assert 0 < loop <= start <= first
+    assert re.search(r"first run: its loop turning at \d+ s, its first trial started at \d+ s", done.stdout)
