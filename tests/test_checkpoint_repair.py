@@ -101,6 +101,32 @@ def test_the_newest_whole_checkpoint_on_storage_is_found(tmp_path: Path) -> None
     assert _newest_checkpoint(pyarrow.fs.LocalFileSystem(), (tmp_path / "none").as_posix()) is None
 
 
+def test_tunes_state_saves_are_paced_to_a_share_of_the_wall_clock_above_the_configured_period(
+        tmp_path: Path) -> None:
+    """Through Tune's own save method (a stand-in storage: a save that takes 50 ms waits 2.5 s for
+    the next, one of 1 ms the configured second, a configured 100,000 s stays)."""
+    import time
+    from types import SimpleNamespace
+
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    from orchestrator.search.checkpoint_repair import STATE_SAVE_SHARE, pace_state_saves
+
+    pace_state_saves()
+    storage = SimpleNamespace(experiment_driver_staging_path=str(tmp_path), experiment_fs_path=str(tmp_path),
+                              syncer=SimpleNamespace(sync_up=lambda *a: True, wait=lambda: None))
+    manager = _ExperimentCheckpointManager(storage=storage, checkpoint_period=1.0)
+    manager.sync_up_experiment_state(lambda: time.sleep(0.05))
+    assert 0.05 / STATE_SAVE_SHARE <= manager._checkpoint_period < 0.08 / STATE_SAVE_SHARE
+    manager.sync_up_experiment_state(lambda: None)  # within the period: not saved
+    assert manager._checkpoint_period >= 0.05 / STATE_SAVE_SHARE
+    manager.sync_up_experiment_state(lambda: None, force=True)  # forced: saved, and cheap
+    assert manager._checkpoint_period == 1.0
+    patient = _ExperimentCheckpointManager(storage=storage, checkpoint_period=100000.0)
+    patient.sync_up_experiment_state(lambda: time.sleep(0.05), force=True)
+    assert patient._checkpoint_period == 100000.0
+
+
 def test_a_best_checkpoint_deleted_after_the_save_leaves_the_list_and_tune_goes_on(tmp_path: Path) -> None:
     """Measured at 256 trials: the state listed a best checkpoint that Tune deleted before the kill;
     the latest was there. Resumed unrepaired, Tune failed deleting it again at the trial's next

@@ -55,10 +55,9 @@ DRIVER_ENVIRONMENT = {
     # logger buffers what fails and retries it on the next result
     **store.BOUNDED_HTTP,
     # Tune saves its experiment state at most every 10 s by default, while a trial may checkpoint
-    # twice in that time and num_to_keep deletes the older: a driver killed then resumed from a
-    # state naming a deleted checkpoint. Once a second (0 would save at every turn of Tune's loop)
-    # narrows that window; it cannot close it (a save comes at the end of a turn, which takes
-    # seconds at 1,000 trials), so a resume also repairs such a trial (checkpoint_repair.py).
+    # twice in that time and num_to_keep deletes the older: a resume would redo that work. Once a
+    # second at least, paced to 2 % of the wall clock (checkpoint_repair.pace_state_saves); a
+    # checkpoint deleted after a save is repaired on resume (checkpoint_repair.py).
     "TUNE_GLOBAL_CHECKPOINT_S": "1",
     # Ctrl-C and SIGTERM are this driver's (``StopRequest``): the first asks Tune to stop as its
     # SIGUSR1 does (the experiment state saved), a second stops at once
@@ -113,6 +112,9 @@ def run_search(plan: Plan, trial: Any = None, callbacks: Sequence[Any] = ()) -> 
         os.environ.setdefault(key, value)
     import ray
 
+    from orchestrator.search.checkpoint_repair import pace_state_saves
+
+    pace_state_saves()
     clock = Clock()
     data, fid_network, reference, real_ref = _real_side(plan, clock)
     _start_ray(plan)
