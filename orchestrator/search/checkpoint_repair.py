@@ -54,7 +54,7 @@ def pace_state_saves() -> None:
         floor = self.__dict__.setdefault("_configured_period_s", self._checkpoint_period)
         self._checkpoint_period = max(floor, time_taken / STATE_SAVE_SHARE)
 
-    _ExperimentCheckpointManager._update_auto_checkpoint_time = paced
+    _ExperimentCheckpointManager._update_auto_checkpoint_time = paced  # type: ignore[method-assign]
 
 
 class RepairNamedCheckpoints(tune.Callback):
