@@ -258,6 +258,30 @@ def test_the_searchers_saved_state_stays_small_and_restores(tmp_path: Path, kind
     assert len(running) == 3 and any(t.intermediate_values == {1: 60.0} for t in running)
 
 
+def test_a_trial_told_after_the_last_save_is_finished_for_the_restored_searcher(tmp_path: Path) -> None:
+    """A driver killed after a trial ended (told to the study, on disk at once) but before Tune saved
+    its state: the resumed search runs that trial on, and its results must not reach the finished
+    Optuna trial (Optuna raises UpdateFinishedTrialError, from inside Tune's loop)."""
+    space = load_space(space_path("shapes"))
+    url = str(tmp_path / "optuna.log")
+    searcher = make_searcher(space, "fid2k", "min", seed=0, storage=url, study_name="s")
+    for i in range(3):
+        searcher.suggest(f"t{i}")
+    searcher.save(str(tmp_path / "state.pkl"))
+    searcher.on_trial_result("t0", {"fid2k": 80.0, "training_iteration": 1})
+    searcher.on_trial_complete("t0", {"fid2k": 70.0, "training_iteration": 2})  # after the save
+
+    restored = make_searcher(space, "fid2k", "min", seed=0, storage=url, study_name="s")
+    restored.restore(str(tmp_path / "state.pkl"))
+    restored.on_trial_result("t0", {"fid2k": 65.0, "training_iteration": 3})  # the trial run on
+    restored.on_trial_complete("t0", {"fid2k": 60.0, "training_iteration": 3})
+    restored.on_trial_result("t1", {"fid2k": 90.0, "training_iteration": 1})
+    study = optuna.load_study(study_name="s", storage=open_study_storage(url))
+    trials = {t.number: t for t in study.get_trials()}
+    assert trials[0].value == 70.0 and trials[0].intermediate_values == {1: 80.0}  # as it ended
+    assert trials[1].intermediate_values == {1: 90.0}
+
+
 def test_trial_config_drops_inactive_branches_and_rejects_gaps() -> None:
     space = load_space(space_path("shapes"))
     start = dict(space.start[0])

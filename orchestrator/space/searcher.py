@@ -11,11 +11,14 @@ again. A finished trial's Optuna trial object is dropped once told: Tune never a
 
 from __future__ import annotations
 
+import logging
 import pickle
 from typing import Any
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
+
+log = logging.getLogger(__name__)
 
 _RUNNING = "_running_trial_ids"  # in a saved state: Tune trial id -> the Optuna trial's storage id
 
@@ -27,9 +30,15 @@ class StudySearch(OptunaSearch):
     def __init__(self, *args: Any, storage_url: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.storage_url = storage_url
+        self.ended_in_study: set[str] = set()  # running in the restored state, finished in the study
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id not in self.ended_in_study:
+            super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        super().on_trial_complete(trial_id, result, error)
+        if trial_id not in self.ended_in_study:
+            super().on_trial_complete(trial_id, result, error)
         self._ot_trials.pop(trial_id, None)
 
     def save(self, checkpoint_path: str) -> None:
@@ -54,3 +63,11 @@ class StudySearch(OptunaSearch):
                                   pruner=optuna.pruners.NopPruner())
         self._ot_study = study  # type: ignore[assignment]  # Ray's annotation: None until set up
         self._ot_trials = {tid: optuna.Trial(study, number) for tid, number in running.items()}
+        # a trial that ended after the state was saved (the study holds its end, Tune runs it on
+        # from its checkpoint): what it reports now is not told (Optuna refuses a finished trial)
+        for tid, number in running.items():
+            if self._storage.get_trial(number).state.is_finished():
+                log.warning("trial %s ended after the search's state was last saved: the study keeps its "
+                            "end; it runs on until Tune stops it", tid)
+                self.ended_in_study.add(tid)
+                del self._ot_trials[tid]
