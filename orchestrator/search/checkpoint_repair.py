@@ -3,13 +3,13 @@ names one that is gone.
 
 Tune keeps a trial's best two checkpoints by FID and its latest (``num_to_keep``), deleting the
 others as each new one is registered, and saves its experiment state (which names each trial's
-latest checkpoint) at most once a second, at the end of a turn of its loop, copied to storage
-after that. A driver killed in between leaves a state naming a checkpoint that was deleted: on
-``--resume`` the trial's restore failed at every retry and the trial was lost (measured at 1,000
-trials, where a turn of the loop takes seconds). The checkpoint registered instead is on storage
-(a trial writes it there before reporting it), with the Tune result it was saved at
-(``write_tune_result``), so ``RepairNamedCheckpoints`` points such a trial at its newest
-checkpoint on storage before Tune starts it again.
+latest checkpoint) at most once a second (``pace_state_saves``), at the end of a turn of its loop,
+copied to storage after that. A driver killed in between leaves a state naming a checkpoint that was
+deleted: on ``--resume`` the trial's restore failed at every retry and the trial was lost (measured
+at 1,000 trials, where a turn of the loop takes seconds). The checkpoint registered instead is on
+storage (a trial writes it there before reporting it), with the Tune result it was saved at
+(``write_tune_result``), so ``RepairNamedCheckpoints`` points such a trial at its newest checkpoint
+on storage before Tune starts it again.
 
 A save writes every trial's state (about 20 KB each: 5 MB at 256 trials, 36 ms), so at a fixed
 period its cost grows with the trials; ``pace_state_saves`` holds it to a share of the wall clock.

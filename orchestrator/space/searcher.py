@@ -1,6 +1,6 @@
 """Ray's OptunaSearch, with a saved state that does not grow with the study.
 
-Tune saves its searcher with the experiment state, once a second during a search. OptunaSearch
+Tune saves its searcher with the experiment state, every second or few during a search. OptunaSearch
 pickles itself whole: the Optuna study with its storage's cache of every trial, and an Optuna
 trial object for every trial it ever suggested. At 1,000 trials that was 2 MB and about 100 ms a
 save, half of Tune's state save (bench/RESULTS.md, issue 28). Where the study lives in a storage
