@@ -116,3 +116,15 @@ def test_a_small_simulated_search_runs_through_the_real_driver_and_resumes(tmp_p
     loop, start, first = (int(x) for x in resumed.groups())
     assert 0 < loop <= start <= first
     assert re.search(r"first run: its loop turning at \d+ s, its first trial started at \d+ s", done.stdout)
+
+
+def test_the_cost_plot_draws_every_recorded_build_and_size(tmp_path: Path) -> None:
+    import scale_plot
+    from PIL import Image
+
+    rows = pd.read_csv(scale_plot.ROWS)
+    assert {"before", "after"} <= {build.split(" ")[0] for build in rows["build"]}
+    assert set(rows["trials"]) >= {256, 1000}
+    assert scale_plot.main(["--out", str(tmp_path / "scale.png")]) == 0
+    assert Image.open(tmp_path / "scale.png").size == (1170, 675)  # 13 x 7.5 inches at 90 dpi
+    assert scale_plot.main(["--rows", str(tmp_path / "none.csv")]) == 2
