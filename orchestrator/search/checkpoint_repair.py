@@ -27,10 +27,11 @@ from ray import tune
 
 log = logging.getLogger(__name__)
 
-# Tune's experiment state is saved at most this often, and apart by at least a save's own seconds
-# over STATE_SAVE_SHARE (at 1,000 trials, every few seconds): what the state misses in between,
-# a resume redoes (a trial's evaluation at most) or repairs (a checkpoint deleted since)
-STATE_SAVE_FLOOR_S, STATE_SAVE_SHARE = 1.0, 0.02
+# Tune's experiment state is saved apart by at least a save's own seconds over this share, and the
+# configured period (runner.DRIVER_ENVIRONMENT: 1 s) at least; at 1,000 trials, every few seconds.
+# What the state misses in between, a resume redoes (a trial's evaluation at most) or repairs (a
+# checkpoint deleted since)
+STATE_SAVE_SHARE = 0.02
 TUNE_RESULT_FILE = "tune_result.json"  # in every checkpoint: the Tune result it was saved at
 _CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)$")
 
