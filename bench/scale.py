@@ -215,6 +215,11 @@ def events(out: Path) -> pd.DataFrame:
     return pd.read_csv(out / EVENTS, names=FIELDS).sort_values("at", kind="stable").reset_index(drop=True)
 
 
+def cpu_per_result_ms(results: pd.DataFrame) -> float:
+    """The driver's CPU milliseconds from one of these results to the next, on average."""
+    return 1000 * float(results["cpu"].diff().iloc[1:].mean()) if len(results) > 2 else math.nan
+
+
 def waiting_phase(seen: pd.DataFrame, at_once: int) -> dict[str, Any]:
     """The slots while trials still waited for one (from the first trial's start to the last's), where
     the driver's costs show; after it, fewer trials than slots remain (the schedule's tail). A trial's
@@ -236,10 +241,8 @@ def waiting_phase(seen: pd.DataFrame, at_once: int) -> dict[str, Any]:
     in_window = results[results["at"] <= last]
     ended_by = np.searchsorted(np.sort(ends["at"].to_numpy()), in_window["at"].to_numpy())
     ended = int((ends["at"] <= last).sum())
-    quarters = []
-    for k in range(4):
-        rows = in_window[(ended_by >= k * ended / 4) & (ended_by < (k + 1) * ended / 4)]
-        quarters.append(1000 * float(rows["cpu"].diff().iloc[1:].mean()) if len(rows) > 2 else math.nan)
+    quarters = [cpu_per_result_ms(in_window[(ended_by >= k * ended / 4) & (ended_by < (k + 1) * ended / 4)])
+                for k in range(4)]
     return {"overhead_waiting": 1 - float(busy.sum()) / slot_seconds, "launch": launch / slot_seconds,
             "cpu_per_result_quarters_ms": quarters}
 
@@ -259,10 +262,6 @@ def summarise(out: Path, at_once: int) -> dict[str, Any]:
     ended_by = np.searchsorted(np.sort(ends["at"].to_numpy()), results["at"].to_numpy())
     quarter = max(1, len(ends) // 4)
 
-    def cpu_per_result(mask: np.ndarray) -> float:
-        rows = results[mask]
-        return float(rows["cpu"].diff().iloc[1:].mean()) if len(rows) > 2 else math.nan
-
     # a slot's end to the next start: each start after the first wave, from the latest end before it
     free = np.sort(ends["at"].to_numpy())
     later = starts["at"].iloc[at_once:].to_numpy()
@@ -277,8 +276,8 @@ def summarise(out: Path, at_once: int) -> dict[str, Any]:
         "trials": len(starts["trial_id"].unique()), "results": len(results),
         "overhead": 1 - busy / (wall * at_once), **waiting_phase(seen, at_once),
         "driver_cores": float(seen["cpu"].max() - seen["cpu"].min()) / wall,
-        "cpu_per_result_early_ms": 1000 * cpu_per_result(ended_by < quarter),
-        "cpu_per_result_late_ms": 1000 * cpu_per_result(ended_by >= len(ends) - quarter),
+        "cpu_per_result_early_ms": cpu_per_result_ms(results[ended_by < quarter]),
+        "cpu_per_result_late_ms": cpu_per_result_ms(results[ended_by >= len(ends) - quarter]),
         "peak_rss_mib": measured["peak_rss_mib"], "gcs_peak_mib": measured["gcs_peak_mib"],
         "gap_median_s": float(np.median(gaps)) if gaps else math.nan,
         "gap_p95_s": float(np.percentile(gaps, 95)) if gaps else math.nan,
