@@ -10,6 +10,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from fakes import MomentFeatures
 from pytorch_fid.fid_score import calculate_frechet_distance
 
 from orchestrator.errors import ConfigError, DataError
@@ -386,3 +387,37 @@ def test_inception_score_of_identical_predictions_is_one() -> None:
 def test_inception_score_needs_enough_images() -> None:
     with pytest.raises(ConfigError, match="10 splits"):
         inception_score(torch.zeros(5, 1008))
+
+
+def test_driver_reads_a_cached_real_side_without_the_network(tmp_path, monkeypatch) -> None:
+    """Every search after the first on a dataset (and every --resume) reads the real side from the
+    caches with the network known by name only; what it reads equals what the network's pass wrote,
+    and with anything missing it says so before writing any statistics."""
+    from orchestrator.config import RunSettings
+    from orchestrator.metrics.inception import NameOnly
+    from orchestrator.search import runner
+
+    class OnCpu(MomentFeatures):
+        device = torch.device("cpu")
+
+    settings = RunSettings(dataset="shapes", fid_n=40, cache_dir=tmp_path)
+    by_name = NameOnly(MomentFeatures.name, MomentFeatures.dims)
+    assert runner.cached_real_side(settings, by_name, runner.Clock()) is None
+    assert not (tmp_path / "fid_stats").exists() or not any((tmp_path / "fid_stats").iterdir())
+
+    monkeypatch.setattr(runner, "load_inception", lambda weights, device: OnCpu())
+    data, name, stats, real_ref, _ = runner.prepare_real_side(settings, None)
+    clock = runner.Clock()
+    cached = runner.cached_real_side(settings, by_name, clock)
+    assert cached is not None
+    data2, name2, stats2, real_ref2 = cached
+    assert (data2.key, name2) == (data.key, name) == (data.key, "moments")
+    assert np.array_equal(data2.images, data.images)
+    assert stats2.n == stats.n == 40
+    for a, b in zip(stats2.mean_cov(), stats.mean_cov(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    for key in ("features", "radii", "centroids", "proportions"):
+        assert torch.equal(getattr(real_ref2, key), getattr(real_ref, key)), key
+    assert clock.seconds["inception"] == 0.0 and set(clock.seconds) == {"inception", "data", "reference"}
+    with pytest.raises(LookupError):  # the name alone never computes a feature
+        by_name(torch.zeros(1, 3, 32, 32))

@@ -155,6 +155,8 @@ def test_killed_search_resumes_without_rerunning(tmp_path: Path, backend: dict[s
               for c in _children(client, state["experiment_id"], state["parent_run_id"])}
 
     assert main([*args, "--resume"]) == 0
+    # the resume read the FID's real side from the caches: no network loaded, no child process
+    assert json.loads((storage / name / "timings.json").read_text())["inception"] == 0.0
     runs = _children(client, state["experiment_id"], state["parent_run_id"])
     # a trial started just before the kill but not yet in Tune's saved state is not resumed (the
     # searcher samples afresh): its run, if it had one, is kept and tagged lost, never deleted

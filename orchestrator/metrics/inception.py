@@ -124,6 +124,29 @@ def load_inception(
     return _load_cached(str(path.resolve()), str(dev))
 
 
+class NetworkNeeded(LookupError):
+    """A pass through a ``NameOnly`` network: what was asked for is not cached."""
+
+
+class NameOnly:
+    """The FID network by name, without its weights loaded: enough to read everything cached for it
+    (cache keys hold the name and the dims), and nothing else. A pass through it raises
+    ``NetworkNeeded``, so a caller learns that something is not cached before it pays for the network."""
+
+    has_classifier = False  # no cache key holds it
+
+    def __init__(self, name: str, dims: int = DIMS) -> None:
+        self.name, self.dims = name, dims
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NetworkNeeded(f"{self.name} is not loaded")
+
+
+def network_name(path: Path) -> str:
+    """The network's name in every cache key: the graph's and the weights file's hash."""
+    return f"{NETWORK}-{_sha256(path)[:12]}"
+
+
 def resolve_weights(weights: str | Path | None = None, allow_download: bool = False) -> Path:
     """The weights file to use, by the search order in the module docstring."""
     if weights is not None and str(weights):
@@ -262,7 +285,7 @@ def _load_cached(path: str, device: str) -> InceptionExtractor:
         fc = torch.nn.Linear(DIMS, NUM_CLASSES, bias=False)
         fc.load_state_dict({"weight": state["fc.weight"]})
         fc = fc.to(device).eval().requires_grad_(False)
-    name = f"{NETWORK}-{_sha256(Path(path))[:12]}"
+    name = network_name(Path(path))
     log.info("FID Inception %s from %s on %s (classifier head: %s)", name, path, device, has_classifier)
     return InceptionExtractor(net.to(device).eval(), fc, name, Path(path), torch.device(device))
 
