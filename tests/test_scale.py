@@ -128,3 +128,23 @@ def test_the_cost_plot_draws_every_recorded_build_and_size(tmp_path: Path) -> No
     assert scale_plot.main(["--out", str(tmp_path / "scale.png")]) == 0
     assert Image.open(tmp_path / "scale.png").size == (1170, 675)  # 13 x 7.5 inches at 90 dpi
     assert scale_plot.main(["--rows", str(tmp_path / "none.csv")]) == 2
+
+
+@pytest.mark.integration
+def test_trial_start_measures_each_worker_and_the_machine(tmp_path: Path) -> None:
+    """``bench/trial_start.py`` (where a resume's wait goes): both ways of starting 4 workers at once,
+    their start times in order, each worker's CPU by its start, and the machine's busy CPU counting
+    at least what the workers spent."""
+    command = [sys.executable, str(REPO / "bench" / "trial_start.py"), "--at-once", "4", "--no-record"]
+    done = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in done.stdout.splitlines()]
+    rows = [row for row in cells if len(row) == 7 and row[1] == "4"]
+    assert [row[0] for row in rows] == ["Tune, a trainable that does nothing",
+                                        "plain actors importing ray.tune"]
+    for _, _, starts, worker_cpu, workers_cpu, busy, _ in rows:
+        first, middle, last = (float(x) for x in starts.split(" / "))
+        assert 0 < first <= middle <= last
+        assert float(worker_cpu) > 0.3  # a Python worker that imported ray.tune
+        assert float(busy) >= 0.8 * float(workers_cpu) > 0
