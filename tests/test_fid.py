@@ -395,20 +395,20 @@ def test_driver_reads_a_cached_real_side_without_the_network(tmp_path, monkeypat
     and with anything missing it says so before writing any statistics."""
     from orchestrator.config import RunSettings
     from orchestrator.metrics.inception import NameOnly
-    from orchestrator.search import runner
+    from orchestrator.search import real_side
 
     class OnCpu(MomentFeatures):
         device = torch.device("cpu")
 
     settings = RunSettings(dataset="shapes", fid_n=40, cache_dir=tmp_path)
     by_name = NameOnly(MomentFeatures.name, MomentFeatures.dims)
-    assert runner.cached_real_side(settings, by_name, runner.Clock()) is None
+    assert real_side.cached_real_side(settings, by_name, real_side.Clock()) is None
     assert not (tmp_path / "fid_stats").exists() or not any((tmp_path / "fid_stats").iterdir())
 
-    monkeypatch.setattr(runner, "load_inception", lambda weights, device: OnCpu())
-    data, name, stats, real_ref, _ = runner.prepare_real_side(settings, None)
-    clock = runner.Clock()
-    cached = runner.cached_real_side(settings, by_name, clock)
+    monkeypatch.setattr(real_side, "load_inception", lambda weights, device: OnCpu())
+    data, name, stats, real_ref, _ = real_side.prepare_real_side(settings, None)
+    clock = real_side.Clock()
+    cached = real_side.cached_real_side(settings, by_name, clock)
     assert cached is not None
     data2, name2, stats2, real_ref2 = cached
     assert (data2.key, name2) == (data.key, name) == (data.key, "moments")
