@@ -442,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
             f"`{' '.join(rest)}`.", ""]
     body = table(["size", *(label for label, _ in COLUMNS)],
                  [[s, *(cell(r) for _, cell in COLUMNS)] for s, r in rows])
-    report("scale", "cpu", [*head, *body, "", *lines], args)
+    body = [*body, ""] if rows else []  # a resume alone (--sizes ''): no table
+    report("scale", "cpu", [*head, *body, *lines], args)
     pd.DataFrame([{"size": s, **r} for s, r in rows]).to_csv(work / "scale.csv", index=False)
     print(f"every figure: {work / 'scale.csv'}")
     return 0
