@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -280,6 +281,28 @@ def test_a_trial_told_after_the_last_save_is_finished_for_the_restored_searcher(
     trials = {t.number: t for t in study.get_trials()}
     assert trials[0].value == 70.0 and trials[0].intermediate_values == {1: 80.0}  # as it ended
     assert trials[1].intermediate_values == {1: 90.0}
+
+
+def test_a_resumed_trial_repeating_reported_steps_does_not_tell_them_again(tmp_path: Path) -> None:
+    """A trial resumed from a checkpoint older than its last report repeats evaluations the study
+    holds: they are not told again (Optuna would keep the first value and warn, once a step, in the
+    resume's log); the steps after them are."""
+    space = load_space(space_path("shapes"))
+    url = str(tmp_path / "optuna.log")
+    searcher = make_searcher(space, "fid2k", "min", seed=0, storage=url, study_name="s")
+    searcher.suggest("t0")
+    searcher.save(str(tmp_path / "state.pkl"))
+    for step, fid in ((1, 80.0), (2, 70.0)):  # reported after the save, before the kill
+        searcher.on_trial_result("t0", {"fid2k": fid, "training_iteration": step})
+
+    restored = make_searcher(space, "fid2k", "min", seed=0, storage=url, study_name="s")
+    restored.restore(str(tmp_path / "state.pkl"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Optuna's "already reported" warning fails the test
+        for step, fid in ((2, 71.0), (3, 65.0)):  # resumed from the checkpoint of step 1
+            restored.on_trial_result("t0", {"fid2k": fid, "training_iteration": step})
+    study = optuna.load_study(study_name="s", storage=open_study_storage(url))
+    assert study.trials[0].intermediate_values == {1: 80.0, 2: 70.0, 3: 65.0}
 
 
 def test_trial_config_drops_inactive_branches_and_rejects_gaps() -> None:

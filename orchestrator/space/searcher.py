@@ -16,6 +16,7 @@ import pickle
 from typing import Any
 
 import optuna
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,13 @@ class StudySearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self.storage_url = storage_url
         self.ended_in_study: set[str] = set()  # running in the restored state, finished in the study
+        self.reported_before: dict[str, int] = {}  # a restored running trial: its last step in the study
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id not in self.ended_in_study:
+        # a trial resumed from a checkpoint older than its last report repeats steps the study holds
+        # (Optuna keeps the first value, and warns in the resume's log for each): not told again
+        repeated = result.get(TRAINING_ITERATION, 0) <= self.reported_before.get(trial_id, -1)
+        if trial_id not in self.ended_in_study and not repeated:
             super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -66,7 +71,10 @@ class StudySearch(OptunaSearch):
         # a trial that ended after the state was saved (the study holds its end, Tune runs it on
         # from its checkpoint): what it reports now is not told (Optuna refuses a finished trial)
         for tid, number in running.items():
-            if self._storage.get_trial(number).state.is_finished():
+            trial = self._storage.get_trial(number)
+            if trial.intermediate_values:
+                self.reported_before[tid] = max(trial.intermediate_values)
+            if trial.state.is_finished():
                 log.warning("trial %s ended after the search's state was last saved: the study keeps its "
                             "end; it runs on until Tune stops it", tid)
                 self.ended_in_study.add(tid)
