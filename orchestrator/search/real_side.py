@@ -90,7 +90,6 @@ def prepare_real_side(settings: RunSettings, fid_weights: str | None
     return data, extractor.name, reference, real_ref, clock.seconds
 
 
-
 class Clock:
     """The driver's phases in seconds, each from the end of the one before."""
 
