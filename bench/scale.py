@@ -133,13 +133,25 @@ def artifacts(plan: Any) -> Any:
     return Artifacts(REPORT_FILE, files)
 
 
+def logical_cluster(gpus: int) -> Any:
+    """A local Ray cluster of ``gpus`` logical GPUs: a head that runs no trials, nodes of
+    ``GPUS_PER_NODE`` GPUs and a CPU for each ``GPU_SHARE`` of one; joined at its ``address``."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # trials stay off the head
+    for first in range(0, gpus, GPUS_PER_NODE):
+        on_node = min(GPUS_PER_NODE, gpus - first)
+        cluster.add_node(num_gpus=on_node, num_cpus=int(on_node / GPU_SHARE))
+    cluster.wait_for_nodes()
+    return cluster
+
+
 def simulate(size: str, out: Path, rest: list[str], interval: float, time_scale: float, resume: bool) -> int:
     """One size, in this process: the cluster, the driver, the meters; what they measured to
     ``out``."""
     trials, at_once = (int(x) for x in size.split("x"))
     gpus = math.ceil(at_once * GPU_SHARE)
     from asha_vs_fifo import sample_configs
-    from ray.cluster_utils import Cluster
     from replay import scales
     from replay_trial import Curves, ReplayTrial
 
@@ -148,11 +160,7 @@ def simulate(size: str, out: Path, rest: list[str], interval: float, time_scale:
     from orchestrator.search.cli import parse_args as search_args
     from orchestrator.search.plan import make_plan
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})  # trials stay off the head
-    for first in range(0, gpus, GPUS_PER_NODE):
-        on_node = min(GPUS_PER_NODE, gpus - first)
-        cluster.add_node(num_gpus=on_node, num_cpus=int(on_node / GPU_SHARE))
-    cluster.wait_for_nodes()
+    cluster = logical_cluster(gpus)
     argv = [*rest, "--num-samples", str(trials), "--max-concurrent", str(at_once), "--gpus-per-trial",
             str(GPU_SHARE), "--cpus-per-trial", "1", "--address", cluster.address, "--storage",
             str(out / "runs"), "--name", f"scale-{size}", *(["--resume"] if resume else [])]

@@ -15,6 +15,7 @@ limit: a cluster node starts its own trials' workers on its own cores.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import statistics
@@ -26,8 +27,7 @@ from pathlib import Path
 import ray
 from common import add_common_args, report, table
 from ray import tune
-from ray.cluster_utils import Cluster
-from scale import GPU_SHARE, GPUS_PER_NODE
+from scale import GPU_SHARE, logical_cluster
 
 
 def busy_cpu_seconds() -> float:
@@ -86,12 +86,7 @@ def row(what: str, n: int, starts: list[tuple[float, float]], busy: float) -> li
 
 def measure(n: int, module: str) -> list[list[object]]:
     """Both ways of starting ``n`` workers at once, on a fresh cluster of ``n`` slots."""
-    gpus = int(n * GPU_SHARE)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    for first in range(0, gpus, GPUS_PER_NODE):
-        on_node = min(GPUS_PER_NODE, gpus - first)
-        cluster.add_node(num_gpus=on_node, num_cpus=int(on_node / GPU_SHARE))
-    cluster.wait_for_nodes()
+    cluster = logical_cluster(math.ceil(n * GPU_SHARE))
     ray.init(address=cluster.address, log_to_driver=False)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
