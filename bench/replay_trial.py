@@ -95,11 +95,10 @@ class Curves:
         squared distance from a hidden optimum (drawn from ``seed``, in the space's scaling), with
         5 % noise; a fraction ``fail`` of the runs fail part-way (``mode_collapse``)."""
         rng = np.random.default_rng(seed)
-        optimum = {k: (float(rng.uniform()) if s.kind != "category" else None) for k, s in scales.items()}
+        optimum = hidden_optimum(scales, rng)
         rows = []
         for i, config in enumerate(configs):
-            far = sum(_away(s, config.get(k), optimum[k], seed) ** 2 for k, s in scales.items())
-            floor = 40.0 + 200.0 * far / max(1, len(scales))
+            floor = synthetic_floor(config, scales, optimum, seed)
             failed_at = int(rng.integers(1, evals + 1)) if rng.uniform() < fail else 0
             for k in range(1, (failed_at or evals) + 1):
                 value = (floor + (300.0 - floor) * math.exp(-k / 2)) * float(rng.lognormal(0, 0.05))
@@ -137,6 +136,20 @@ class Curves:
     def best(self) -> float:
         """The best value of the metric any recorded evaluation reached (lower is better)."""
         return float(self.rows[self.metric].min())
+
+
+def hidden_optimum(scales: dict[str, Scale], rng: np.random.Generator) -> dict[str, float | None]:
+    """Where the synthetic curves are best: a position in each number's scaling (categories are
+    scored by a seeded draw per choice instead, ``_away``)."""
+    return {k: (float(rng.uniform()) if s.kind != "category" else None) for k, s in scales.items()}
+
+
+def synthetic_floor(config: dict[str, Any], scales: dict[str, Scale], optimum: dict[str, float | None],
+                    seed: int) -> float:
+    """The value a synthetic curve falls towards: 40 plus 200 times the configuration's mean
+    squared distance from ``optimum``."""
+    far = sum(_away(s, config.get(k), optimum[k], seed) ** 2 for k, s in scales.items())
+    return 40.0 + 200.0 * far / max(1, len(scales))
 
 
 def _away(scale: Scale, value: Any, optimum: float | None, seed: int) -> float:

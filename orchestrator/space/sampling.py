@@ -22,6 +22,7 @@ import optuna
 import orchestrator
 from orchestrator.config import CPU_BUDGET, HealthConfig, TrialConfig
 from orchestrator.errors import ConfigError, SearchSpaceError, did_you_mean
+from orchestrator.space.bounded import BoundedTPESampler
 from orchestrator.space.schema import (
     Budget,
     Param,
@@ -159,13 +160,14 @@ def startup_trials(num_samples: int) -> int:
 
 def make_sampler(space: SearchSpace, seed: int, num_samples: int = 16) -> optuna.samplers.TPESampler:
     """Multivariate TPE; group=True splits conditional keys into the groups that co-occur; the
-    random start sized to the budget of ``num_samples`` trials (``startup_trials``)."""
+    random start sized to the budget of ``num_samples`` trials (``startup_trials``); over a bounded
+    history (``space/bounded.py``: a suggestion's cost stops growing past a few hundred trials)."""
     with warnings.catch_warnings():
         # these flags are "experimental" in some optuna releases; we opt in knowingly
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # constant_liar: concurrent suggestions see running trials as bad, so parallel workers
         # get spread-out configs (ray issue #46965: OptunaSearch ran trials nearly one at a time)
-        return optuna.samplers.TPESampler(
+        return BoundedTPESampler(
             seed=seed, multivariate=True, group=space.conditional, constant_liar=True,
             n_startup_trials=startup_trials(num_samples),
         )
