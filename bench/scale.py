@@ -228,6 +228,29 @@ def cpu_per_result_ms(results: pd.DataFrame) -> float:
     return 1000 * float(results["cpu"].diff().iloc[1:].mean()) if len(results) > 2 else math.nan
 
 
+def cpu_trend(results: pd.DataFrame, ended_by: np.ndarray, period: float = 60.0) -> dict[str, float]:
+    """Whether the driver's CPU per result grows with the trials ended: its CPU milliseconds per result
+    in each ``period`` seconds of ``results`` (the median over periods, and the interquartile range),
+    and the slope of a least-squares line through them against the trials ended by then, in ms per
+    1,000 trials, with its 95 % half-width (two standard errors)."""
+    bins = ((results["at"] - results["at"].min()) // period).to_numpy()
+    xs, ys = [], []
+    for b in np.unique(bins):
+        if (bins == b).sum() > 2:
+            ys.append(cpu_per_result_ms(results[bins == b]))
+            xs.append(float(np.mean(ended_by[bins == b])))
+    x, y = np.asarray(xs), np.asarray(ys)
+    if len(x) < 3 or np.ptp(x) == 0:
+        return {"minute_median_ms": math.nan, "minute_q1_ms": math.nan, "minute_q3_ms": math.nan,
+                "slope_ms_per_1000": math.nan, "slope_half_width": math.nan}
+    slope, offset = np.polyfit(x, y, 1)
+    spread = float(np.sum((y - slope * x - offset) ** 2)) / (len(x) - 2)
+    se = math.sqrt(spread / float(np.sum((x - x.mean()) ** 2)))
+    return {"minute_median_ms": float(np.median(y)), "minute_q1_ms": float(np.percentile(y, 25)),
+            "minute_q3_ms": float(np.percentile(y, 75)), "slope_ms_per_1000": 1000 * float(slope),
+            "slope_half_width": 2000 * se}
+
+
 def waiting_phase(seen: pd.DataFrame, at_once: int) -> dict[str, Any]:
     """The slots while trials still waited for one (from the first trial's start to the last's), where
     the driver's costs show; after it, fewer trials than slots remain (the schedule's tail). A trial's
@@ -236,13 +259,14 @@ def waiting_phase(seen: pd.DataFrame, at_once: int) -> dict[str, Any]:
     before each of the first ``at_once`` trials started: their worker processes starting at once, on
     this machine's cores) is given apart from the overhead it is part of. The driver's CPU per result
     is given by quarters of the trials that ended in the window: the cost of a result as the number of
-    finished trials grows, with as many trials running in each quarter."""
+    finished trials grows, with as many trials running in each quarter; and minute by minute, with
+    the line through the minutes (``cpu_trend``)."""
     starts, results, ends = (seen[seen["kind"] == k] for k in ("start", "result", "end"))
     first, last = float(starts["at"].min()), float(starts["at"].max())
     slot_seconds = (last - first) * at_once
     if len(starts["trial_id"].unique()) <= at_once or slot_seconds <= 0:  # nothing ever waited
         return {"overhead_waiting": math.nan, "launch": math.nan,
-                "cpu_per_result_quarters_ms": [math.nan] * 4}
+                "cpu_per_result_quarters_ms": [math.nan] * 4, **cpu_trend(seen.iloc[:0], np.zeros(0))}
     done = results["at"].to_numpy()
     busy = np.clip(np.minimum(done, last) - np.maximum(done - results["busy"].to_numpy(), first), 0, None)
     launch = float((starts["at"].iloc[:at_once] - first).sum())
@@ -252,7 +276,7 @@ def waiting_phase(seen: pd.DataFrame, at_once: int) -> dict[str, Any]:
     quarters = [cpu_per_result_ms(in_window[(ended_by >= k * ended / 4) & (ended_by < (k + 1) * ended / 4)])
                 for k in range(4)]
     return {"overhead_waiting": 1 - float(busy.sum()) / slot_seconds, "launch": launch / slot_seconds,
-            "cpu_per_result_quarters_ms": quarters}
+            "cpu_per_result_quarters_ms": quarters, **cpu_trend(in_window, ended_by)}
 
 
 def summarise(out: Path, at_once: int) -> dict[str, Any]:
@@ -394,6 +418,9 @@ COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [  # the table's: a
      lambda r: f"{r['overhead_waiting']:.1%}; {r['launch']:.1%}"),
     ("driver CPU/result while trials waited, by quarter of trials ended (ms)",
      lambda r: " / ".join(f"{q:.0f}" for q in r["cpu_per_result_quarters_ms"])),
+    ("the same by minute: median (interquartile); the line through the minutes, ms per 1,000 trials ended "
+     "(95 %)", lambda r: f"{r['minute_median_ms']:.0f} ({r['minute_q1_ms']:.0f}-{r['minute_q3_ms']:.0f}); "
+                         f"{r['slope_ms_per_1000']:+.0f} +/- {r['slope_half_width']:.0f}"),
     ("driver CPU/result, first / last quarter of all (ms); cores busy",
      lambda r: f"{r['cpu_per_result_early_ms']:.0f} / {r['cpu_per_result_late_ms']:.0f}; "
                f"{r['driver_cores']:.2f}"),

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -73,6 +74,24 @@ def test_the_waiting_phase_counts_busy_seconds_inside_it_the_first_waves_launch_
     # results at 10, 12, 20 (none ended yet): 1 s a result; 22, 30 (a ended): too few; 32: too few
     assert got["cpu_per_result_quarters_ms"][0] == pytest.approx(1000.0)
     assert math.isnan(scale.waiting_phase(seen, at_once=5)["overhead_waiting"])  # no trial ever waited
+
+
+def test_the_cpu_trend_finds_a_cost_that_grows_with_the_trials_ended_and_none_where_it_is_flat() -> None:
+    """Twenty minutes of ten results each, a trial ending every 6 s (ten a minute): a driver whose CPU
+    per result is 100 ms + 0.5 ms per trial ended reads as +500 ms per 1,000 trials; a flat 100 ms
+    with noise as about 0, within its interval."""
+    import scale
+
+    at = np.arange(200) * 6.0 + 3.0
+    ended = np.arange(200)  # trials ended by each result
+    rng = np.random.default_rng(0)
+    for per_result, slope in ((0.1 + 0.0005 * ended, 500.0), (0.1 + rng.normal(0, 0.01, 200), 0.0)):
+        seen = pd.DataFrame({"at": at, "cpu": np.cumsum(per_result)})
+        got = scale.cpu_trend(seen, ended)
+        assert got["slope_ms_per_1000"] == pytest.approx(slope, abs=max(got["slope_half_width"], 1.0))
+        assert got["slope_half_width"] < 100
+    assert got["minute_median_ms"] == pytest.approx(100, abs=5)
+    assert abs(got["slope_ms_per_1000"]) <= got["slope_half_width"]
 
 
 @pytest.mark.integration
