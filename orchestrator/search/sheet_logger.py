@@ -24,7 +24,7 @@ from ray import tune
 
 from orchestrator.metrics.registry import GROUND_TRUTH
 from orchestrator.tracking.store import unreachable_errors
-from orchestrator.tracking.trial_logger import read_checkpoint_file, read_checkpoint_json
+from orchestrator.tracking.trial_files import read_checkpoint_file, read_checkpoint_json
 from orchestrator.trial_report import EVALS, ended_as
 from orchestrator.views import sheets
 

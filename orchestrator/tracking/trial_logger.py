@@ -16,16 +16,12 @@ entry) and at the end (everything written, or kept for ``--resume``).
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import math
 import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from mlflow import MlflowClient
@@ -43,6 +39,13 @@ from orchestrator.tracking.store import (
     TRIAL_TAG,
     log_png,
     unreachable_errors,
+)
+from orchestrator.tracking.trial_files import (
+    kept_grids,
+    read_checkpoint_file,
+    read_checkpoint_json,
+    recorded_results,
+    snapshot,
 )
 from orchestrator.trial_report import (
     EVALS,
@@ -157,7 +160,7 @@ class MlflowTrialLogger(tune.Callback):
         if not self._reconciled:  # the first turn of Tune's loop, fresh or resumed
             self._reconciled = True
             # waited for: what it journals must come before the trials' new entries
-            self._writer.run(self._reconcile, [_snapshot(trial) for trial in trials]).result()
+            self._writer.run(self._reconcile, [snapshot(trial) for trial in trials]).result()
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         # what waits for a server that is down is retried every few seconds, not only at the next result
@@ -165,7 +168,7 @@ class MlflowTrialLogger(tune.Callback):
             self._writer.nudge()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self._writer.run(self._finish, [_snapshot(trial) for trial in trials])
+        self._writer.run(self._finish, [snapshot(trial) for trial in trials])
         try:
             self._writer.close()
         except BaseException:  # a second Ctrl-C while it waits: stop now, the journal keeps the rest
@@ -303,7 +306,7 @@ class MlflowTrialLogger(tune.Callback):
         """What Tune recorded and MLflow lacks (a driver that died with a journal it could not keep,
         a head node lost): each trial's evaluations from its result.json, the sample grids of the
         checkpoints it kept, and for a finished trial its outcome and end. Runs only what is missing;
-        the journal's own entries come first. ``trials``: snapshots (``_snapshot``). A trial whose
+        the journal's own entries come first. ``trials``: snapshots (``trial_files.snapshot``). A trial whose
         run has ended with its outcome is whole (its end is written after everything else of it),
         and is not looked at one by one: a resume of 1,000 trials waited on four MLflow calls each."""
         self._drain()
@@ -314,7 +317,7 @@ class MlflowTrialLogger(tune.Callback):
         for trial in trials:
             if trial.status in ("TERMINATED", "ERROR") and trial.trial_id in whole:
                 continue
-            rows = _recorded_results(trial)
+            rows = recorded_results(trial)
             if not rows:
                 continue
             try:
@@ -325,7 +328,7 @@ class MlflowTrialLogger(tune.Callback):
             for row in rows:
                 if int(row.get("step", 0)) > self._logged[trial.trial_id]:
                     self.journal.append(self._entry(trial, "result", result_data(row, None)))
-            for step, grid in _kept_grids(trial):
+            for step, grid in kept_grids(trial):
                 if step > self._imaged[trial.trial_id]:
                     image = {"step": step, "curves": []}
                     self.journal.append(self._entry(trial, "image", image, {"grid": grid}))
@@ -394,39 +397,6 @@ def image_steps(client: MlflowClient, run_id: str) -> list[int]:
     return [image_step(a.path) for a in client.list_artifacts(run_id, IMAGES_FOLDER)]
 
 
-def _snapshot(trial: Any) -> SimpleNamespace:
-    """What the writer reads of a Tune trial, taken on Tune's loop (which goes on changing it)."""
-    return SimpleNamespace(trial_id=trial.trial_id, config=dict(trial.config),
-                           status=getattr(trial, "status", ""), local_path=getattr(trial, "local_path", ""),
-                           path=getattr(trial, "path", ""))
-
-
-def _recorded_results(trial: Any) -> list[dict[str, Any]]:
-    """The trial's results as Tune recorded them on the driver (its result.json), in order."""
-    path = Path(getattr(trial, "local_path", "") or "") / "result.json"
-    rows = []
-    with contextlib.suppress(OSError):
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                rows.append(json.loads(line))
-    return sorted(rows, key=lambda r: int(r.get("training_iteration", 0)))
-
-
-def _kept_grids(trial: Any) -> list[tuple[int, bytes]]:
-    """(step, PNG) of the sample grids in the trial's checkpoints still on this machine, by step."""
-    from orchestrator.gan.checkpoints import GRID_FILE, REPORT_FILE
-
-    folder = str(getattr(trial, "path", "") or "")
-    if not folder or "://" in folder:
-        return []  # remote checkpoints: their grids were logged as they came, or are the export's
-    grids = []
-    for checkpoint in sorted(Path(folder).glob("checkpoint_*")):
-        with contextlib.suppress(OSError, ValueError, TypeError):
-            step = int(json.loads((checkpoint / REPORT_FILE).read_text())["step"])
-            grids.append((step, (checkpoint / GRID_FILE).read_bytes()))
-    return sorted(grids, key=lambda g: g[0])
-
-
 def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.0e}" if 0 < abs(value) < 1e-2 else f"{value:.3g}"
@@ -437,18 +407,3 @@ def _is_metric(key: str) -> bool:
     tune = {"done", EVALS, "timesteps_total", "episodes_total", "pid", "timestamp", "time_since_restore",
             "iterations_since_restore", "timesteps_since_restore"}
     return key not in tune and key not in NOT_METRICS and not key.startswith("config")
-
-
-def read_checkpoint_file(checkpoint: Any, name: str) -> bytes | None:
-    try:
-        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{name}") as stream:
-            return stream.read()
-    except (FileNotFoundError, OSError):
-        return None
-
-
-def read_checkpoint_json(checkpoint: Any, name: str) -> dict[str, Any] | None:
-    raw = read_checkpoint_file(checkpoint, name)
-    if raw is None:
-        return None
-    return json.loads(raw, parse_constant=lambda c: {"Infinity": math.inf, "-Infinity": -math.inf}.get(c))
