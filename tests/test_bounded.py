@@ -147,3 +147,11 @@ def test_the_benchmark_pairs_both_samplers_and_resumes_its_table(tmp_path: Path,
     assert all(line.endswith("| +0.0 [+0.0, +0.0] |") for line in quality), quality
     assert tpe_window.main(argv) == 0
     assert table.read_text().splitlines() == rows and "{'sampler'" not in capsys.readouterr().out
+
+
+def test_one_sampler_moved_to_another_study_reads_that_study(tmp_path: Path) -> None:
+    sampler = _sampler(BoundedTPESampler, best=3, recent=12)
+    _search(_study(tmp_path, "first", sampler), 40)
+    second = _study(tmp_path, "second", sampler)
+    _search(second, 6)
+    assert [t.number for t in sampler._window.trials] == list(range(6))  # not the first study's 40
