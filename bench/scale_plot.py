@@ -20,12 +20,14 @@ import pandas as pd
 BENCH = Path(__file__).resolve().parent
 ROWS, PLOT = BENCH / "curves" / "scale-rows.csv", BENCH / "scale.png"
 # a panel: its column(s) in the rows, its title, and the issue's target where it names one
+COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:purple")  # one a build, in the rows' order
 PANELS = [
     (("cpu_early_ms", "cpu_late_ms"),
      "driver CPU per result (ms):\nfirst quarter of trials ended (o), last (x)", None),
     (("overhead_waiting_old",),
      "overhead while trials waited (%)\n(busy = whole iterations before the last start)", 5),
-    (("suggest_median_ms",), "sampler's suggestion, median (ms)", None),
+    (("suggest_median_ms", "suggest_last_ms"),
+     "sampler's suggestion (ms):\nmedian (o), last tenth of the search (x)", None),
     (("state_share",), "Tune's state saves, share of the wall clock (%)", None),
     (("sheets_max_s",), "contact sheets' longest redraw (s)", 30),
     (("peak_mib",), "driver's peak memory (MiB)", 2048),
@@ -36,7 +38,8 @@ def draw(rows: pd.DataFrame, out: Path) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
     for ax, (columns, title, target) in zip(axes.flat, PANELS, strict=True):
         builds = rows.groupby("build", sort=False)
-        for (build, part), colour in zip(builds, ("tab:red", "tab:blue"), strict=False):
+        for i, (build, part) in enumerate(builds):
+            colour = COLOURS[i % len(COLOURS)]
             part = part.sort_values("trials")
             for column, marker in zip(columns, ("o", "x"), strict=False):
                 scale = 100 if column in ("overhead_waiting_old", "state_share") else 1
