@@ -39,6 +39,15 @@ def database_mib(url: str) -> float:
     return float(size or 0) / 2**20
 
 
+def own_work(scale_args: list[str], backend: str) -> list[str]:
+    """scale.py's arguments with ``--work`` given a folder of the backend's own inside it (each
+    backend's searches apart)."""
+    if "--work" not in scale_args:
+        return scale_args
+    at = scale_args.index("--work") + 1
+    return [*scale_args[:at], str(Path(scale_args[at]) / backend), *scale_args[at + 1:]]
+
+
 def run(backend: str, scale_args: list[str], note: str) -> int:
     """One ``scale.py`` run against a fresh server with ``backend``; its exit status."""
     folder, postgres = Path(tempfile.mkdtemp(prefix=f"scale-server-{backend}-")), None
@@ -53,7 +62,7 @@ def run(backend: str, scale_args: list[str], note: str) -> int:
             uri = f"http://127.0.0.1:{port}"
             said = f"MLflow through a tracking server on this machine, {backend} store" + (
                 " (a throwaway PostgreSQL, fsync off)" if postgres else "") + (f"; {note}" if note else "")
-            scale = [sys.executable, str(BENCH / "scale.py"), *scale_args]
+            scale = [sys.executable, str(BENCH / "scale.py"), *own_work(scale_args, backend)]
             status = subprocess.run([*scale, "--mlflow-uri", uri, "--note", said]).returncode
         finally:
             stop_server(server)
