@@ -94,6 +94,16 @@ def test_the_cpu_trend_finds_a_cost_that_grows_with_the_trials_ended_and_none_wh
     assert abs(got["slope_ms_per_1000"]) <= got["slope_half_width"]
 
 
+def test_the_server_runs_refuse_unknown_backends_and_keep_each_backends_searches_apart() -> None:
+    """``bench/scale_servers.py`` (its runs start real servers: measured, not tested here)."""
+    import scale_servers
+
+    assert scale_servers.main(["--backends", "mongodb", "--", "shapes"]) == 2
+    assert scale_servers.main(["--backends", "sqlite"]) == 2  # nothing for scale.py
+    assert scale_servers.own_work(["shapes", "--work", "/w", "--fid-n", "64"], "sqlite") == \
+        ["shapes", "--work", "/w/sqlite", "--fid-n", "64"]
+
+
 @pytest.mark.integration
 def test_a_small_simulated_search_runs_through_the_real_driver_and_resumes(tmp_path: Path) -> None:
     work = tmp_path / "work"
