@@ -5,6 +5,7 @@ read one trial at a time; a sampler restored from a saved search goes on as if n
 from __future__ import annotations
 
 import collections
+import gc
 import math
 import pickle
 import sys
@@ -151,7 +152,13 @@ def test_the_benchmark_pairs_both_samplers_and_resumes_its_table(tmp_path: Path,
 
 def test_one_sampler_moved_to_another_study_reads_that_study(tmp_path: Path) -> None:
     sampler = _sampler(BoundedTPESampler, best=3, recent=12)
-    _search(_study(tmp_path, "first", sampler), 40)
+    first = _study(tmp_path, "first", sampler)
+    _search(first, 40)
+    # the window holds the storage it read, not its id(): a storage collected can leave its id to the
+    # next one (CI once saw the second study's storage taken for the first's, and its trial ids looked up)
+    assert sampler._window.read_from is not None and sampler._window.read_from[0] is first._storage
+    del first
+    gc.collect()
     second = _study(tmp_path, "second", sampler)
     _search(second, 6)
     assert [t.number for t in sampler._window.trials] == list(range(6))  # not the first study's 40

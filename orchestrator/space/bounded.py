@@ -43,7 +43,9 @@ class _Window:
 
     def __init__(self, best: int, recent: int) -> None:
         self.best_n, self.recent_n = best, recent
-        self.read_from: tuple[int, int] | None = None  # the study read (its storage's and its own id)
+        # the study read: its storage itself (an id() of a storage since collected can be the next
+        # storage's: CI saw a second study taken for the first) and its id in that storage
+        self.read_from: tuple[object, int] | None = None
         self.next_number = 0  # the first trial number not read yet
         self.pending: dict[int, int] = {}  # number -> storage id: not finished when last read
         self.kept: dict[int, FrozenTrial] = {}  # number -> finished trial in the window
@@ -56,7 +58,7 @@ class _Window:
         if trial.number == self.synced_for:
             return
         storage, study_id = study._storage, study._study_id
-        self.read_from = (id(storage), study_id)
+        self.read_from = (storage, study_id)
         sign = 1.0 if study.direction == StudyDirection.MINIMIZE else -1.0
         if self.next_number == 0:  # a new sampler, or one restored from a saved search: read it all once
             seen = storage.get_all_trials(study_id, deepcopy=False)
@@ -141,8 +143,9 @@ class BoundedTPESampler(optuna.samplers.TPESampler):
     def _view(self, study: Study, trial: FrozenTrial) -> Study:
         if study._is_multi_objective():
             return study
-        if self._window.read_from not in (None, (id(study._storage), study._study_id)):  # another study
-            self._window = _Window(self._window.best_n, self._window.recent_n)
+        read_from = self._window.read_from
+        if read_from is not None and (read_from[0] is not study._storage or read_from[1] != study._study_id):
+            self._window = _Window(self._window.best_n, self._window.recent_n)  # another study
         self._window.sync(study, trial)
         return cast(Study, _StudyView(study, self._window.trials))
 
