@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--at-once", type=int, default=64)
     p.add_argument("--good", type=float, default=10.0, help="a good trial ends within this of the floor, 40")
-    p.add_argument("--csv", type=Path, default=Path("bench/curves/tpe-window.csv"))
+    p.add_argument("--csv", type=Path, default=Path(__file__).resolve().parent / "curves" / "tpe-window.csv")
     add_common_args(p, device=False)
     args = p.parse_args(argv)
     if args.trials < SIZES[0] or args.seeds < 2 or args.at_once < 1:
