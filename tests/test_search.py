@@ -43,11 +43,15 @@ def _steps(client: MlflowClient, run_id: str) -> list[int]:
     return [m.step for m in client.get_metric_history(run_id, FID)]
 
 
-def test_smoke_search_against_tracking_server(tmp_path: Path, mlflow_server: str) -> None:
+def test_smoke_search_against_tracking_server(
+    tmp_path: Path, mlflow_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     storage = tmp_path / "runs"
     code = main(["shapes", "--smoke-test", "--storage", str(storage), "--name", "smoke",
                  "--mlflow-uri", mlflow_server])
     assert code == 0
+    out = capsys.readouterr().out
+    assert "View run" not in out and f"view: open {mlflow_server}" in out  # one link, not 2 a trial
     state = json.loads((storage / "smoke" / "orchestrator.json").read_text())
     client = MlflowClient(mlflow_server)
     parent = client.get_run(state["parent_run_id"])
